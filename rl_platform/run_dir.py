@@ -1,0 +1,129 @@
+"""One folder per run: resolved config, metrics, logs, checkpoints and the report.
+
+    runs/<recipe>-<YYYYmmdd-HHMMSS>/
+      config.json        the resolved config tree (after --set overrides)
+      metrics.jsonl      one JSON object per step: {"step": n, "area/name": value, ...}
+      logs/              one log file per process role (driver, rollout, learner, ...)
+      checkpoints/       resumable state
+      report/            PNG figures and summary.md written at the end
+      wandb/             the wandb run (offline unless WANDB_MODE says otherwise)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rl_platform.config import config_to_dict
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, slots=True)
+class RunConfig:
+    """Where and how a run records itself."""
+
+    run_dir: str = ""
+    """Run folder; empty means runs/<recipe>-<timestamp>/ under the current directory."""
+    seed: int = 0
+    """Seed for every RNG of the run (torch, numpy, python, data order, sampling)."""
+    use_wandb: bool = True
+    """Log metrics to wandb as well as metrics.jsonl; offline unless WANDB_MODE is set."""
+    wandb_project: str = "rl-platform"
+    """wandb project name."""
+
+
+class RunDir:
+    """Creates the run folder and owns metrics.jsonl and the optional wandb run.
+
+    Example:
+        run = RunDir.create(RunConfig(), recipe="pretrain_tiny", config=cfg)
+        run.log_metrics(step=1, metrics={"train/loss": 2.3})
+        run.close()
+    """
+
+    def __init__(self, path: Path, config: Any, wandb_run: Any = None) -> None:
+        self.path = path
+        self.config = config
+        self._wandb = wandb_run
+        self._metrics = open(path / "metrics.jsonl", "a", buffering=1)
+
+    @classmethod
+    def create(cls, run_config: RunConfig, recipe: str, config: Any) -> RunDir:
+        path = Path(run_config.run_dir) if run_config.run_dir else default_run_path(recipe)
+        for sub in ("logs", "checkpoints", "report"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        resolved = {"recipe": recipe, "config": config_to_dict(config)}
+        (path / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        attach_file_log(path / "logs" / "driver.log")
+        wandb_run = _start_wandb(run_config, path, recipe, resolved) if run_config.use_wandb else None
+        logger.info("run directory: %s", path)
+        return cls(path, config, wandb_run)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report"
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Appends one line to metrics.jsonl (and wandb). Keys must be `area/name`."""
+        bad = [k for k in metrics if "/" not in k]
+        if bad:
+            raise ValueError(f"metric keys must be 'area/name'; got {bad}")
+        clean = {k: _json_number(v) for k, v in metrics.items()}
+        self._metrics.write(json.dumps({"step": step, **clean}) + "\n")
+        if self._wandb is not None:
+            self._wandb.log(clean, step=step)
+
+    def close(self) -> None:
+        self._metrics.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def default_run_path(recipe: str) -> Path:
+    return Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """Rows of a metrics.jsonl file, in order."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _json_number(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _start_wandb(run_config: RunConfig, path: Path, recipe: str, resolved: dict) -> Any:
+    # Offline by default: a laptop run needs no account and never blocks on the network.
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    return wandb.init(project=run_config.wandb_project, name=path.name, dir=str(path), config=resolved,
+                      job_type=recipe, reinit="finish_previous")
+
+
+def attach_file_log(path: Path) -> None:
+    """Mirrors this process's log records into `path` (one file per role)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+def setup_logging(role: str, level: int = logging.INFO) -> None:
+    """One call per process: the driver and every Ray actor. Prefixes records with the role."""
+    logging.basicConfig(level=level, format=f"[{role}] %(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)
