@@ -60,7 +60,8 @@ def _fail(message: str) -> None:
 
 
 def run_entry(entry: str, description: str, run: Callable[[str, Any, argparse.Namespace], int],
-              argv: list[str] | None = None, extra_args: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+              argv: list[str] | None = None,
+              extra_args: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
     parser = build_parser(entry, description)
     if extra_args is not None:
         extra_args(parser)

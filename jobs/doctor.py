@@ -105,7 +105,8 @@ def check_ray() -> Row:
 
         answer = ray.get(ping.remote(), timeout=60)
         ray.shutdown()
-        return Row("ray local", answer == "pong", f"local instance up and a task ran in {time.perf_counter() - start:.1f} s")
+        seconds = time.perf_counter() - start
+        return Row("ray local", answer == "pong", f"local instance up and a task ran in {seconds:.1f} s")
     except Exception as exc:
         return Row("ray local", False, f"{type(exc).__name__}: {str(exc)[:160]}",
                    "run `ray stop --force` and retry; check /tmp/ray for a stale session")

@@ -169,7 +169,9 @@ class MoETransformer(nn.Module):
             rows = plan.rows_for_layer(index)
             if rows is not None and rows.numel() == 0:
                 continue
-            sub = (lambda t: t) if rows is None else (lambda t: t.index_select(0, rows))
+            def sub(t: Tensor, rows: Tensor | None = rows) -> Tensor:
+                return t if rows is None else t.index_select(0, rows)
+
             x = sub(h_BSD)
             attn_in = layer.input_layernorm(x)
             x = x + layer.self_attn(attn_in, sub(cos), sub(sin), None if mask_B1SS is None else sub(mask_B1SS))

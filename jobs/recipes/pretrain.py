@@ -1,0 +1,62 @@
+"""Pretraining recipes."""
+
+from __future__ import annotations
+
+from jobs.recipes import recipe
+from pretrain.config import PretrainJobConfig, PretrainLoopConfig
+from pretrain.data.pipeline import PretrainDataConfig
+from rl_platform.model.config import MoEModelConfig
+from rl_platform.optim.adagc import AdaGCConfig
+from rl_platform.optim.optimizer import OptimConfig
+
+
+@recipe("pretrain")
+def pretrain_tiny() -> PretrainJobConfig:
+    """Tiny elastic MoE (4 layers, 32 experts, top-4, 1 shared) on this 2-core CPU in about 8 minutes."""
+    return PretrainJobConfig(
+        model=MoEModelConfig(vocab_size=512, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                             head_dim=32, num_experts=32, top_k=4, num_shared_experts=1, expert_ffn_dim=64,
+                             max_position_embeddings=1024),
+        data=PretrainDataConfig(seq_len=256, tokenizer_vocab_size=512),
+        optim=OptimConfig(lr=3e-3, warmup_steps=30, schedule="cosine", clipping=AdaGCConfig(warmup_steps=50)),
+        loop=PretrainLoopConfig(num_steps=900, micro_batch_size=8, grad_accum_steps=2, max_minutes=7.5),
+    )
+
+
+@recipe("pretrain")
+def pretrain_tiny_baseline() -> PretrainJobConfig:
+    """The same budget without elastic sampling: the baseline of the sub-model validation table."""
+    config = pretrain_tiny()
+    config.elastic.enabled = False
+    return config
+
+
+@recipe("pretrain")
+def pretrain_smoke() -> PretrainJobConfig:
+    """A few steps of a very small model: for tests and for checking a setup in under a minute."""
+    config = pretrain_tiny()
+    config.model = MoEModelConfig(vocab_size=512, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                                  head_dim=32, num_experts=8, top_k=2, expert_ffn_dim=32,
+                                  max_position_embeddings=1024)
+    config.data = PretrainDataConfig(seq_len=128, tokenizer_vocab_size=512, tokenizer_train_documents=300)
+    config.loop = PretrainLoopConfig(num_steps=6, micro_batch_size=2, grad_accum_steps=2, checkpoint_every=3,
+                                     log_every=1)
+    config.optim.clipping = AdaGCConfig(warmup_steps=2)
+    config.eval.num_val_batches = 1
+    config.eval.diagnostics_batches = 1
+    return config
+
+
+@recipe("pretrain")
+def pretrain_moe_1b_gpu() -> PretrainJobConfig:
+    """A larger recipe for real hardware (8 GPUs, bf16, ZeRO-2): 16 layers, 64 experts, top-8, 2 shared,
+    ~1.2 B total / ~0.2 B active params, 4K context. Launch with deepspeed/torchrun."""
+    return PretrainJobConfig(
+        model=MoEModelConfig(vocab_size=32768, hidden_size=1024, num_layers=16, num_heads=16, num_kv_heads=4,
+                             head_dim=64, num_experts=64, top_k=8, num_shared_experts=2, expert_ffn_dim=512,
+                             rope_theta=1_000_000.0, max_position_embeddings=4096, num_mtp_heads=1),
+        data=PretrainDataConfig(seq_len=4096, tokenizer_vocab_size=32768, tokenizer_train_documents=200_000),
+        optim=OptimConfig(lr=3e-4, warmup_steps=2000, schedule="wsd", clipping=AdaGCConfig()),
+        loop=PretrainLoopConfig(num_steps=100_000, micro_batch_size=4, grad_accum_steps=8, bf16=True,
+                                bias_update_speed=1e-4, checkpoint_every=1000),
+    )

@@ -1,0 +1,1 @@
+"""Pretraining data: self-generated corpora, tokenizer building, packing."""

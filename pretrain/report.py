@@ -1,0 +1,88 @@
+"""The pretraining report: loss curve, sub-model validation table and routing-diagnostics heatmaps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pretrain.evaluate import RoutingDiagnostics  # noqa: E402
+
+
+def plot_loss(history: list[dict[str, float]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([m["train/loss"] for m in history], lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("train CE")
+    ax.set_title("pretraining loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_diagnostics(diag: RoutingDiagnostics, out_dir: Path) -> list[Path]:
+    paths = []
+    num_layers = diag.frequency_LDE.shape[0]
+    fig, axes = plt.subplots(num_layers, 1, figsize=(8, 1.2 + 1.1 * num_layers), squeeze=False)
+    for layer in range(num_layers):
+        ax = axes[layer, 0]
+        ax.imshow(diag.frequency_LDE[layer].numpy(), aspect="auto", cmap="viridis")
+        ax.set_yticks(range(len(diag.domains)), diag.domains, fontsize=7)
+        ax.set_title(f"layer {layer}: expert activation frequency per domain", fontsize=8)
+    axes[-1, 0].set_xlabel("expert")
+    fig.tight_layout()
+    paths.append(out_dir / "expert_frequency.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    picks = sorted({0, num_layers // 2, num_layers - 1})
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3), squeeze=False)
+    for ax, layer in zip(axes[0], picks, strict=True):
+        ax.imshow(diag.iou_LDD[layer].numpy(), vmin=0, vmax=1, cmap="magma")
+        ax.set_xticks(range(len(diag.domains)), diag.domains, rotation=45, fontsize=7)
+        ax.set_yticks(range(len(diag.domains)), diag.domains, fontsize=7)
+        ax.set_title(f"top-25% IoU, layer {layer}", fontsize=8)
+    fig.tight_layout()
+    paths.append(out_dir / "expert_iou.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for d, name in enumerate(diag.domains):
+        ax.plot(diag.entropy_LD[:, d].numpy(), marker="o", label=name)
+    ax.plot(diag.entropy_L.numpy(), marker="s", color="black", label="all")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("normalised routing entropy")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out_dir / "routing_entropy.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def diagnostics_markdown(diag: RoutingDiagnostics) -> str:
+    lines = ["| layer | NE all | " + " | ".join(f"NE {d}" for d in diag.domains) + " | "
+             + " | ".join(f"IoU {a}/{b}" for i, a in enumerate(diag.domains) for b in diag.domains[i + 1:]) + " |"]
+    pairs = [(i, j) for i in range(len(diag.domains)) for j in range(i + 1, len(diag.domains))]
+    lines.append("|" + "---|" * (2 + len(diag.domains) + len(pairs)))
+    for layer in range(diag.entropy_L.shape[0]):
+        cells = [f"{layer}", f"{diag.entropy_L[layer]:.3f}"]
+        cells += [f"{diag.entropy_LD[layer, d]:.3f}" for d in range(len(diag.domains))]
+        cells += [f"{diag.iou_LDD[layer, i, j]:.2f}" for i, j in pairs]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def family_markdown(losses: dict[str, dict[str, float]], describe: dict[str, str]) -> str:
+    domains = sorted({d for v in losses.values() for d in v if d != "all"})
+    lines = ["| sub-model | shape | val loss | " + " | ".join(domains) + " |",
+             "|---|---|---|" + "---|" * len(domains)]
+    for name, values in losses.items():
+        lines.append(f"| {name} | {describe[name]} | {values['all']:.4f} | "
+                     + " | ".join(f"{values.get(d, float('nan')):.4f}" for d in domains) + " |")
+    return "\n".join(lines)
