@@ -48,10 +48,12 @@ class RunDir:
         run.close()
     """
 
-    def __init__(self, path: Path, config: Any, wandb_run: Any = None) -> None:
+    def __init__(self, path: Path, config: Any, wandb_run: Any = None,
+                 log_handler: logging.Handler | None = None) -> None:
         self.path = path
         self.config = config
         self._wandb = wandb_run
+        self._log_handler = log_handler
         self._metrics = open(path / "metrics.jsonl", "a", buffering=1)
 
     @classmethod
@@ -61,10 +63,10 @@ class RunDir:
             (path / sub).mkdir(parents=True, exist_ok=True)
         resolved = {"recipe": recipe, "config": config_to_dict(config)}
         (path / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-        attach_file_log(path / "logs" / "driver.log")
+        handler = attach_file_log(path / "logs" / "driver.log")
         wandb_run = _start_wandb(run_config, path, recipe, resolved) if run_config.use_wandb else None
         logger.info("run directory: %s", path)
-        return cls(path, config, wandb_run)
+        return cls(path, config, wandb_run, handler)
 
     @property
     def checkpoints(self) -> Path:
@@ -86,6 +88,10 @@ class RunDir:
 
     def close(self) -> None:
         self._metrics.close()
+        if self._log_handler is not None:
+            logging.getLogger().removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
@@ -116,11 +122,12 @@ def _start_wandb(run_config: RunConfig, path: Path, recipe: str, resolved: dict)
                       job_type=recipe, reinit="finish_previous")
 
 
-def attach_file_log(path: Path) -> None:
+def attach_file_log(path: Path) -> logging.Handler:
     """Mirrors this process's log records into `path` (one file per role)."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
+    return handler
 
 
 def setup_logging(role: str, level: int = logging.INFO) -> None:

@@ -13,16 +13,14 @@ validation bucket, so train and validation never share an arithmetic problem.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass
 
 from rl_platform.model.tokenizer import modality_token
-from rl_platform.tasks.arithmetic import make_problem
+from rl_platform.tasks.arithmetic import is_validation, make_problem
 
 DOMAINS = ("arithmetic", "story", "glyph", "needle")
 NUM_GLYPH_CODES = 16  # 2x2 binary patches -> 4 bits
-VALIDATION_BUCKET = 10  # 1 in 10 items is held out
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +30,6 @@ class Document:
     domain: str
     text: str
     """Text part (for glyphs: the caption; the patch tokens follow as `<mod_i>` tokens in the text)."""
-
-
-def is_validation(key: str) -> bool:
-    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % VALIDATION_BUCKET == 0
 
 
 def _draw(rng: random.Random, split: str, make_key_and_doc) -> Document:

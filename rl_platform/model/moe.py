@@ -48,11 +48,14 @@ class SwiGLU(nn.Module):
 class RoutingResult:
     """What the router decided for a batch of tokens."""
 
-    __slots__ = ("topk_ids_TK", "gates_TK", "probs_TE", "num_forced")
+    __slots__ = ("topk_ids_TK", "gates_TK", "probs_TE", "num_forced", "live_ids_TK")
 
-    def __init__(self, topk_ids_TK: Tensor, gates_TK: Tensor, probs_TE: Tensor, num_forced: int) -> None:
+    def __init__(self, topk_ids_TK: Tensor, gates_TK: Tensor, probs_TE: Tensor, num_forced: int,
+                 live_ids_TK: Tensor) -> None:
         self.topk_ids_TK = topk_ids_TK
-        """[T, K] int64 chosen experts; slots beyond a token's k are -1."""
+        """[T, K] int64 experts used; slots beyond a token's k are -1."""
+        self.live_ids_TK = live_ids_TK
+        """[T, K] int64 experts the live router would have chosen (differs from topk_ids under replay)."""
         self.gates_TK = gates_TK
         """[T, K] float32 gate weights (0 in unused slots)."""
         self.probs_TE = probs_TE
@@ -101,7 +104,7 @@ class Router(nn.Module):
         valid_TK = ids_TK >= 0
         gates_TK = probs_TE.gather(1, ids_TK.clamp_min(0)) * valid_TK
         gates_TK = gates_TK / gates_TK.sum(dim=-1, keepdim=True).clamp_min(_NORM_MIN)
-        return RoutingResult(ids_TK, gates_TK, probs_TE, num_forced)
+        return RoutingResult(ids_TK, gates_TK, probs_TE, num_forced, live_ids_TK)
 
 
 def experts_forward_reference(x_TD: Tensor, ids_TK: Tensor, gates_TK: Tensor, w_gate_EFD: Tensor,

@@ -99,7 +99,9 @@ class ModelOutput:
     hidden_BSD: Tensor
     """[B, S, D] final-norm hidden states (the LM head input)."""
     routes_BSLK: Tensor | None
-    """[B, S, L, K] int16 chosen experts per layer (-1: layer skipped or slot unused); None unless captured."""
+    """[B, S, L, K] int16 experts used per layer (-1: layer skipped or slot unused); None unless captured."""
+    live_routes_BSLK: Tensor | None
+    """[B, S, L, K] int16 experts the live routers chose (before replay); None unless captured."""
     aux_loss: Tensor | None
     """Sum over layers of the weighted balance loss; None when aux_loss_coef is 0."""
     num_forced_tokens: int
@@ -162,8 +164,10 @@ class MoETransformer(nn.Module):
         mask_B1SS = _attention_mask(b, s, device, attention_mask_BS, doc_ids_BS)
         plan = _ElasticPlan.build(cfg, submodels, b, s, device)
         h_BSD = self.embed_tokens(input_ids_BS)
-        routes_BSLK = (torch.full((b, s, cfg.num_layers, max(cfg.top_k, plan.max_k)), -1, dtype=torch.int16,
-                                  device=device) if capture_routes else None)
+        width = max(cfg.top_k, plan.max_k)
+        routes_BSLK = (torch.full((b, s, cfg.num_layers, width), -1, dtype=torch.int16, device=device)
+                       if capture_routes else None)
+        live_BSLK = routes_BSLK.clone() if capture_routes and forced_routes_BSLK is not None else None
         aux_losses, num_forced = [], 0
         for index, layer in enumerate(self.layers):
             rows = plan.rows_for_layer(index)
@@ -189,12 +193,13 @@ class MoETransformer(nn.Module):
             num_forced += routing.num_forced
             if layer.mlp.aux_loss is not None:
                 aux_losses.append(layer.mlp.aux_loss)
-            if routes_BSLK is not None:
-                ids = routing.topk_ids_TK.view(rb, rs, -1).to(torch.int16)
-                if rows is None:
-                    routes_BSLK[:, :, index, : ids.shape[-1]] = ids
-                else:
-                    routes_BSLK[rows, :, index, : ids.shape[-1]] = ids
+            for store, chosen in ((routes_BSLK, routing.topk_ids_TK), (live_BSLK, routing.live_ids_TK)):
+                if store is not None:
+                    ids = chosen.view(rb, rs, -1)[..., :width].to(torch.int16)
+                    target = store if rows is None else store.index_select(0, rows)
+                    target[:, :, index, : ids.shape[-1]] = ids
+                    if rows is not None:
+                        store.index_copy_(0, rows, target)
             if rows is None:
                 h_BSD = x
             else:
@@ -202,6 +207,7 @@ class MoETransformer(nn.Module):
         hidden = self.norm(h_BSD)
         mtp_hidden = self.mtp(hidden, self.embed_tokens, input_ids_BS, cos, sin, mask_B1SS) if self.mtp else None
         return ModelOutput(hidden_BSD=hidden, routes_BSLK=routes_BSLK,
+                           live_routes_BSLK=live_BSLK if live_BSLK is not None else routes_BSLK,
                            aux_loss=torch.stack(aux_losses).sum() if aux_losses else None,
                            num_forced_tokens=num_forced, mtp_hidden_BSD=mtp_hidden)
 

@@ -12,11 +12,13 @@ Difficulty grows with the number of digits; the mix is chosen so a tiny model is
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from dataclasses import dataclass
 
 ANSWER_MARK = "####"
+VALIDATION_BUCKET = 10  # 1 in 10 problems is held out
 _ANSWER_RE = re.compile(r"####\s*(-?\d+)")
 
 
@@ -96,3 +98,16 @@ def parse_prompt(prompt: str) -> tuple[int, int, str]:
 def reference_answer(prompt: str) -> int:
     a, b, op = parse_prompt(prompt)
     return a + b if op == "+" else a - b
+
+
+def is_validation(key: str) -> bool:
+    """Held-out membership by a hash of the item (a prompt, a document): train and validation never share one."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % VALIDATION_BUCKET == 0
+
+
+def draw_problem(rng: random.Random, split: str, max_digits: int = 3) -> ArithmeticProblem:
+    """A problem of the given split ('train' or 'validation'), redrawing until the prompt hash falls in it."""
+    while True:
+        problem = make_problem(rng, max_digits)
+        if is_validation(problem.prompt) == (split == "validation"):
+            return problem

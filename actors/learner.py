@@ -1,0 +1,54 @@
+"""Learner worker: the DeepSpeed MoE learner (rl_platform.learner) inside its own Ray actor process."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rl_platform.learner import Learner, LearnerConfig
+from rl_platform.run_dir import setup_logging
+from rl_platform.types import PolicyWeights, Rollout
+
+
+class LearnerWorker:
+    """Implements rl_platform.protocols.PolicyTrainer."""
+
+    def __init__(self, config: LearnerConfig, model_path: str, seed: int, num_threads: int = 2) -> None:
+        setup_logging("learner")
+        import torch
+
+        torch.set_num_threads(num_threads)
+        self.learner = Learner(config, model_path, seed=seed)
+        from rl_platform.model.tokenizer import load_tokenizer
+
+        self.tokenizer = load_tokenizer(model_path)
+
+    def train_step(self, rollouts: Sequence[Rollout], advantages: Sequence[float | None]) -> dict[str, float]:
+        return self.learner.train_on_rollouts(list(rollouts), list(advantages))
+
+    def publish_weights(self) -> PolicyWeights:
+        return self.learner.publish_weights()
+
+    def save_checkpoint(self, path: str, client_state: dict) -> None:
+        self.learner.save_checkpoint(path, client_state)
+
+    def load_checkpoint(self, path: str) -> dict:
+        return self.learner.load_checkpoint(path)
+
+    def export(self, path: str) -> str:
+        return self.learner.export(path, tokenizer=self.tokenizer)
+
+    def trainable_parameters(self) -> dict:
+        """name -> CPU copy of every trainable parameter (for tests that check what changed)."""
+        return {n: p.detach().clone() for n, p in self.learner.model.named_parameters() if p.requires_grad}
+
+    def teacher_forced_logprobs(self, token_ids: list[int]) -> list[float]:
+        import torch
+
+        from kernels.fused_logprobs import fused_logprobs
+
+        model = self.learner.model
+        with torch.no_grad():
+            ids = torch.tensor([token_ids])
+            hidden = model(ids).hidden_BSD[0, :-1]
+            logprobs, _ = fused_logprobs(hidden, model.lm_head_weight, ids[0, 1:])
+        return logprobs.tolist()

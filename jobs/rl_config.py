@@ -1,0 +1,63 @@
+"""The RL job's config tree (what `jobs/recipes/rl.py` returns)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from actors.remote import ActorResources
+from actors.rollout import RolloutEngineConfig
+from rewards.base import RewardConfig
+from rewards.verifiers import ArithmeticVerifierConfig
+from rl_platform.config import check
+from rl_platform.controller import ControllerConfig, SamplingConfig
+from rl_platform.learner import LearnerConfig
+from rl_platform.run_dir import RunConfig
+from rl_platform.tasks.prompts import ArithmeticPromptsConfig
+
+
+@dataclass(kw_only=True, slots=True)
+class BaseModelConfig:
+    """Where the policy starts."""
+
+    path: str = ""
+    """An exported HF directory; empty = pretrain `pretrain_recipe` once and reuse it from `cache_dir`."""
+    pretrain_recipe: str = "pretrain_tiny"
+    """Pretraining recipe that produces the base model when `path` is empty."""
+    cache_dir: str = "models"
+    """Where pretrained base models are kept between runs (keyed by recipe and config hash)."""
+
+
+@dataclass(kw_only=True, slots=True)
+class RLEvalConfig:
+    """Held-out evaluation (greedy pass@1 on prompts never seen in pretraining or RL training)."""
+
+    num_prompts: int = 128
+    every_steps: int = 10
+    """Evaluate every N steps (and always before the first and after the last)."""
+    max_tokens: int = 48
+
+
+@dataclass(kw_only=True, slots=True)
+class RLJobConfig:
+    """Everything `python -m jobs.rl` needs."""
+
+    base_model: BaseModelConfig = field(default_factory=BaseModelConfig)
+    prompts: ArithmeticPromptsConfig = field(default_factory=ArithmeticPromptsConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rollout: RolloutEngineConfig = field(default_factory=RolloutEngineConfig)
+    reward: RewardConfig = field(default_factory=ArithmeticVerifierConfig)
+    """The reward, by registered name: --set reward=arithmetic_verifier | reward_model | remote | weighted | ..."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    loop: ControllerConfig = field(default_factory=ControllerConfig)
+    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
+    resources: ActorResources = field(default_factory=ActorResources)
+    checkpoint_every: int = 10
+    """RL steps between resumable checkpoints (0: only at the end)."""
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        check(self.checkpoint_every >= 0, "RLJobConfig.checkpoint_every", self.checkpoint_every, "must be >= 0",
+              "use 0 to checkpoint only at the end")
+        check(self.rollout.max_model_len >= 64 + self.sampling.max_tokens, "rollout.max_model_len",
+              self.rollout.max_model_len, f"must leave room for sampling.max_tokens={self.sampling.max_tokens}",
+              "raise rollout.max_model_len")

@@ -1,0 +1,65 @@
+"""The RL run's report: reward / pass-rate / train-infer-KL / route-mismatch curves and a summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from rl_platform.run_dir import read_metrics  # noqa: E402
+
+CURVES = [
+    ("reward", ["reward/mean", "reward/pass_rate", "eval/pass_rate"]),
+    ("train_infer", ["train/kl_train_infer", "train/logprob_abs_diff_mean"]),
+    ("routing", ["moe/route_mismatch", "moe/route_mismatch_during_update", "moe/extreme_token_frac_tau2"]),
+]
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def write_rl_report(run_dir: Path, first: dict | None, final: dict, policy_dir: str) -> Path:
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    report = run_dir / "report"
+    for name, keys in CURVES:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for key in keys:
+            xs, ys = _series(rows, key)
+            if xs:
+                ax.plot(xs, ys, marker="." if key.startswith("eval") else None, label=key)
+        ax.set_xlabel("RL step")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(report / f"rl_{name}.png", dpi=110)
+        plt.close(fig)
+    evals = [r for r in rows if "eval/pass_rate" in r]
+    before = evals[0]["eval/pass_rate"] if evals else float("nan")
+    after = final["eval/pass_rate"]
+    steps = [r for r in rows if "reward/mean" in r]
+
+    def mean_of(key: str, part: list[dict]) -> float:
+        vals = [r[key] for r in part if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    head, tail = steps[: max(1, len(steps) // 4)], steps[-max(1, len(steps) // 4):]
+    lines = [
+        "# RL report", "",
+        f"- policy exported to `{policy_dir}` (HF Ernie4.5-MoE, servable by vLLM)",
+        f"- held-out pass rate (greedy, {int(final['eval/num_prompts'])} prompts): **{before:.3f} -> {after:.3f}**",
+        "", "| metric | first quarter of steps | last quarter |", "|---|---|---|",
+    ]
+    for key in ("reward/mean", "reward/pass_rate", "rollout/response_length_mean", "policy/entropy",
+                "train/kl_train_infer", "train/logprob_abs_diff_mean", "moe/route_mismatch",
+                "moe/route_mismatch_during_update", "moe/extreme_token_frac_tau2", "loss/clip_frac",
+                "reward/failed_count", "timing/generate", "timing/score", "timing/learn", "timing/sync",
+                "perf/step_seconds"):
+        lines.append(f"| {key} | {mean_of(key, head):.4g} | {mean_of(key, tail):.4g} |")
+    lines += ["", "![reward](rl_reward.png) ![train-infer](rl_train_infer.png) ![routing](rl_routing.png)", ""]
+    path = report / "rl.md"
+    path.write_text("\n".join(lines))
+    return path

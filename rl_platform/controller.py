@@ -1,0 +1,179 @@
+"""The RL controller: one synchronous, on-policy step at a time, against the role protocols only.
+
+    prompts(step) --> Generator.generate --> RewardScorer.score --> group advantages
+        --> PolicyTrainer.train_step --> PolicyTrainer.publish_weights --> Generator.load_weights
+
+Consumes / waits for / unblocked by, per step:
+- generate:  consumes the step's prompts; waits for the engines; every completion carries the policy
+  version it came from, and the controller refuses to train on a mixed or stale batch;
+- score:     consumes the completions; a failed sample comes back marked (value None), never as 0;
+- train:     consumes the rollouts with their advantages; failed samples are masked out of the loss;
+- sync:      publishes version v+1 and blocks until every engine serves it.
+Metrics are returned per step (`area/name` keys) and written by the caller's sink.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from rl_platform.advantages import group_advantages
+from rl_platform.config import check
+from rl_platform.protocols import Generator, PolicyTrainer, RewardScorer
+from rl_platform.types import Completion, Prompt, Rollout
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, slots=True)
+class SamplingConfig:
+    """How the rollout engines sample."""
+
+    num_samples_per_prompt: int = 8
+    """Group size G."""
+    max_tokens: int = 48
+    """Longest response; longer ones finish with reason 'length'."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    """-1 disables top-k filtering."""
+    seed: int = 0
+    """Base sampling seed; the controller offsets it by the step, so a resumed run samples the same way."""
+
+    def __post_init__(self) -> None:
+        check(self.num_samples_per_prompt >= 2, "SamplingConfig.num_samples_per_prompt", self.num_samples_per_prompt,
+              "must be >= 2 (group-relative advantages need a group)", "use 4-16")
+        check(self.max_tokens >= 1, "SamplingConfig.max_tokens", self.max_tokens, "must be >= 1", "use 32-1024")
+        check(self.temperature >= 0, "SamplingConfig.temperature", self.temperature, "must be >= 0", "use 1.0")
+
+
+@dataclass(kw_only=True, slots=True)
+class ControllerConfig:
+    """The loop's shape."""
+
+    num_steps: int = 40
+    """RL steps (each: one rollout batch, one or more optimizer steps, one weight sync)."""
+    num_prompts_per_step: int = 16
+    normalize_advantage_std: bool = True
+    """GRPO's std normalisation; False gives Dr. GRPO's mean-only baseline."""
+    pass_threshold: float = 1.0
+    """A sample 'passes' when its reward is >= this (pass-rate metric)."""
+
+    def __post_init__(self) -> None:
+        check(self.num_steps >= 1, "ControllerConfig.num_steps", self.num_steps, "must be >= 1", "use e.g. 40")
+        check(self.num_prompts_per_step >= 1, "ControllerConfig.num_prompts_per_step", self.num_prompts_per_step,
+              "must be >= 1", "use 8-64")
+
+
+class Timer:
+    """Collects `timing/<phase>` seconds for one step."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics[f"timing/{name}"] = time.perf_counter() - start
+
+
+class Controller:
+    """Runs RL steps; holds no model, only the roles.
+
+    Example:
+        controller = Controller(generator, scorer, trainer, prompts.train_batch, ControllerConfig(), sampling)
+        for step in range(config.num_steps):
+            metrics = controller.run_step(step)
+    """
+
+    def __init__(self, generator: Generator, scorer: RewardScorer, trainer: PolicyTrainer,
+                 prompt_batch: Callable[[int, int], list[Prompt]], config: ControllerConfig,
+                 sampling: SamplingConfig, policy_version: int = 0) -> None:
+        self.generator = generator
+        self.scorer = scorer
+        self.trainer = trainer
+        self.prompt_batch = prompt_batch
+        self.config = config
+        self.sampling = sampling
+        self.policy_version = policy_version
+
+    def run_step(self, step: int) -> dict[str, float]:
+        timer = Timer()
+        prompts = self.prompt_batch(step, self.config.num_prompts_per_step)
+        with timer.phase("generate"):
+            groups = self.generator.generate(prompts, dataclasses.replace(self.sampling,
+                                                                          seed=self.sampling.seed + step))
+        self._check_versions(groups)
+        flat_prompts = [p for p, group in zip(prompts, groups, strict=True) for _ in group]
+        flat = [c for group in groups for c in group]
+        with timer.phase("score"):
+            outcomes = self.scorer.score(flat_prompts, flat)
+        rollouts = [Rollout(prompt=p, completion=c, reward=o) for p, c, o in zip(flat_prompts, flat, outcomes,
+                                                                                   strict=True)]
+        advantages = []
+        for start in range(0, len(rollouts), self.sampling.num_samples_per_prompt):
+            group = rollouts[start:start + self.sampling.num_samples_per_prompt]
+            advantages += group_advantages([r.reward.value for r in group],
+                                           normalize_std=self.config.normalize_advantage_std)
+        with timer.phase("learn"):
+            learner_metrics = self.trainer.train_step(rollouts, advantages)
+        with timer.phase("sync"):
+            self.policy_version = self.sync_weights()
+        metrics = {**rollout_metrics(rollouts, advantages, self.config, self.sampling), **learner_metrics,
+                   **timer.metrics}
+        generated = sum(len(r.completion.token_ids) for r in rollouts)
+        metrics["perf/generate_tokens_per_s"] = generated / max(timer.metrics["timing/generate"], 1e-9)
+        metrics["perf/step_seconds"] = sum(timer.metrics.values())
+        metrics["policy/version"] = float(self.policy_version)
+        return metrics
+
+    def sync_weights(self) -> int:
+        weights = self.trainer.publish_weights()
+        self.generator.load_weights(weights)
+        return weights.version if hasattr(weights, "version") else self.policy_version + 1
+
+    def _check_versions(self, groups: list[list[Completion]]) -> None:
+        versions = {c.policy_version for group in groups for c in group}
+        if versions != {self.policy_version}:
+            raise RuntimeError(f"Controller: completions came from policy versions {sorted(versions)} but the "
+                               f"learner is at {self.policy_version}; a weight sync was lost (restart the run with "
+                               "--resume) or an engine serves stale weights")
+
+
+def rollout_metrics(rollouts: list[Rollout], advantages: list[float | None], config: ControllerConfig,
+                    sampling: SamplingConfig) -> dict[str, float]:
+    values = [r.reward.value for r in rollouts if not r.reward.failed and r.reward.value is not None]
+    failed = [r for r in rollouts if r.reward.failed]
+    reasons: dict[str, int] = {}
+    for r in failed:
+        reasons[r.reward.reason or "unknown"] = reasons.get(r.reward.reason or "unknown", 0) + 1
+    for reason, count in reasons.items():
+        logger.warning("%d samples failed scoring: %s", count, reason)
+    lengths = [len(r.completion.token_ids) for r in rollouts]
+    G = sampling.num_samples_per_prompt
+    flat_groups = 0
+    for start in range(0, len(rollouts), G):
+        group = [a for a in advantages[start:start + G] if a is not None]
+        flat_groups += bool(group) and all(abs(a) < 1e-8 for a in group)
+    shadow = [r.reward.shadow_value for r in rollouts if r.reward.shadow_value is not None]
+    out = {
+        "reward/mean": statistics.fmean(values) if values else float("nan"),
+        "reward/std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "reward/pass_rate": sum(v >= config.pass_threshold for v in values) / max(1, len(values)),
+        "reward/failed_count": float(len(failed)),
+        "reward/zero_signal_group_frac": flat_groups / max(1, len(rollouts) // G),
+        "rollout/response_length_mean": statistics.fmean(lengths) if lengths else 0.0,
+        "rollout/response_length_max": float(max(lengths, default=0)),
+        "rollout/truncated_frac": sum(r.completion.finish_reason == "length" for r in rollouts) / max(1, len(rollouts)),
+    }
+    if shadow:
+        out["reward/shadow_mean"] = statistics.fmean(shadow)
+    return out

@@ -1,0 +1,39 @@
+"""Held-out evaluation through the same roles as training: generate (greedy by default), score, pass rate."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rl_platform.protocols import Generator, RewardScorer
+from rl_platform.types import Prompt
+
+
+@dataclass(kw_only=True, slots=True)
+class EvalSampling:
+    """Decoding for evaluation (the Generator reads the same fields as SamplingConfig)."""
+
+    num_samples_per_prompt: int = 1
+    max_tokens: int = 48
+    temperature: float = 0.0
+    """0 = greedy: pass@1 of the most likely answer."""
+    top_p: float = 1.0
+    top_k: int = -1
+    seed: int = 0
+
+
+def evaluate_pass_rate(generator: Generator, scorer: RewardScorer, prompts: Sequence[Prompt],
+                       sampling: EvalSampling, pass_threshold: float) -> dict[str, float]:
+    groups = generator.generate(prompts, sampling)
+    flat_prompts = [p for p, g in zip(prompts, groups, strict=True) for _ in g]
+    flat = [c for g in groups for c in g]
+    outcomes = scorer.score(flat_prompts, flat)
+    values = [o.value for o in outcomes if not o.failed]
+    return {
+        "eval/pass_rate": sum(v >= pass_threshold for v in values) / max(1, len(values)),
+        "eval/reward_mean": statistics.fmean(values) if values else float("nan"),
+        "eval/failed_count": float(sum(o.failed for o in outcomes)),
+        "eval/response_length_mean": statistics.fmean(len(c.token_ids) for c in flat) if flat else 0.0,
+        "eval/num_prompts": float(len(prompts)),
+    }

@@ -1,0 +1,201 @@
+"""The MoE policy learner: a DeepSpeed engine around our model, with routing replay (off | R2 | R3).
+
+One RL step over a batch of rollouts:
+    1. old forward (no grad), routes:  off -> live;  R2 -> live, recorded;  R3 -> forced to the rollout's
+       -> old logprobs, train-infer mismatch metrics, per-layer route mismatch (live learner vs rollout);
+    2. reference forward (no grad) when the loss has a KL term;
+    3. for each mini-batch (one optimizer step each), micro-batches with gradient accumulation:
+       forward with replay (R3: rollout routes; R2: the recorded old routes; off: live), policy loss,
+       backward; at the boundary: gradient clipping (AdaGC or global), optimizer step.
+Failed samples (reward None) are masked out of the loss; they were counted by the controller.
+Replay mode semantics and why R3 matters for MoE: PAPERS.md sections 2-3.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from kernels.fused_logprobs import fused_logprobs
+from rl_platform.batching import TrainingBatch, build_training_batch
+from rl_platform.config import check
+from rl_platform.losses import GRPOLossConfig, LossConfig, PolicyLossInputs
+from rl_platform.model import MoETransformer
+from rl_platform.model.hf_interop import checkpoint_tensors, export_hf, load_hf
+from rl_platform.optim.adagc import GlobalNormClipConfig, deepspeed_gradient_access
+from rl_platform.optim.optimizer import OptimConfig, build_deepspeed_engine
+from rl_platform.rl_metrics import route_mismatch_metrics, train_infer_metrics
+from rl_platform.types import PolicyWeights, Rollout
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, slots=True)
+class LearnerConfig:
+    """How the policy is trained."""
+
+    routing_replay: Literal["off", "R2", "R3"] = "R3"
+    """off: live routing; R2: replay the learner's own old-policy routes; R3: replay the rollout engine's."""
+    loss: LossConfig = field(default_factory=GRPOLossConfig)
+    """Policy objective: grpo | gspo."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=2e-4, warmup_steps=0, schedule="constant", weight_decay=0.0, clipping=GlobalNormClipConfig(max_norm=1.0)))
+    """Optimizer, schedule and clipping (AdaGC available: --set learner.optim.clipping=adagc)."""
+    num_minibatches: int = 1
+    """Optimizer steps per RL step (the rollout batch is split; >1 makes later mini-batches off-policy)."""
+    micro_batch_size: int = 16
+    """Sequences per forward/backward (gradient accumulation over the mini-batch)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (0, 1 or 2)."""
+    bf16: bool = False
+    """bfloat16 learner (the rollout engine's dtype is set separately)."""
+
+    def __post_init__(self) -> None:
+        check(self.num_minibatches >= 1, "LearnerConfig.num_minibatches", self.num_minibatches, "must be >= 1",
+              "use 1 (on-policy) or a few")
+        check(self.micro_batch_size >= 1, "LearnerConfig.micro_batch_size", self.micro_batch_size, "must be >= 1",
+              "use 8-32")
+        check(self.zero_stage in (0, 1, 2), "LearnerConfig.zero_stage", self.zero_stage, "must be 0, 1 or 2",
+              "use 2")
+
+
+def response_logprobs(model: MoETransformer, batch: TrainingBatch, forced_routes=None, capture: bool = False):
+    """(logprobs_BS, entropy_BS, output): target-aligned log-probability of the next token at every position."""
+    out = model(batch.input_ids_BS, attention_mask_BS=batch.attention_mask_BS, forced_routes_BSLK=forced_routes,
+                capture_routes=capture)
+    b, s, d = out.hidden_BSD.shape
+    targets = torch.roll(batch.input_ids_BS, shifts=-1, dims=1)
+    logprobs, entropy = fused_logprobs(out.hidden_BSD.reshape(b * s, d), model.lm_head_weight, targets.reshape(-1))
+    return logprobs.view(b, s), entropy.view(b, s), out
+
+
+class Learner:
+    """Owns the policy (and reference) model, the DeepSpeed engine and the clipper.
+
+    Example:
+        learner = Learner(LearnerConfig(routing_replay="R3"), "runs/x/models/full")
+        metrics = learner.train_step(batch)
+        weights = learner.publish_weights()
+    """
+
+    def __init__(self, config: LearnerConfig, model_path: str, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.config = config
+        model = load_hf(model_path).eval()
+        self.reference = copy.deepcopy(model).requires_grad_(False) if config.loss.kl_coef > 0 else None
+        self.engine, self.optimizer = build_deepspeed_engine(
+            model, config.optim, zero_stage=config.zero_stage, bf16=config.bf16,
+            micro_batch_size=config.micro_batch_size, grad_accum_steps=1)
+        self.clipper = config.optim.clipping.build([n for n, _ in model.named_parameters()])
+        self.grad_access = deepspeed_gradient_access(self.engine.module.named_parameters())
+        self.version = 0
+        self.step = 0
+
+    @property
+    def model(self) -> MoETransformer:
+        return self.engine.module
+
+    def train_on_rollouts(self, rollouts: list[Rollout], advantages: list[float | None]) -> dict[str, float]:
+        cfg = self.model.config
+        batch = build_training_batch(rollouts, advantages, cfg.pad_token_id, cfg.num_layers, cfg.top_k)
+        return self.train_step(batch)
+
+    def train_step(self, batch: TrainingBatch) -> dict[str, float]:
+        cfg = self.config
+        if cfg.routing_replay == "R3" and batch.rollout_routes_BSLK is None:
+            raise ValueError("LearnerConfig.routing_replay='R3' needs rollout routes, but the rollouts have none; "
+                             "enable routed-expert capture in the rollout engine or use routing_replay='off'/'R2'")
+        metrics: dict[str, float] = {}
+        with torch.no_grad():
+            old_lp, _, old_out = response_logprobs(
+                self.model, batch, forced_routes=batch.rollout_routes_BSLK if cfg.routing_replay == "R3" else None,
+                capture=True)
+            ref_lp = response_logprobs(self.reference, batch)[0] if self.reference is not None else None
+        metrics.update(train_infer_metrics(old_lp, batch.generator_logprobs_BS, batch.mask_BS))
+        if batch.rollout_routes_BSLK is not None:
+            valid = batch.attention_mask_BS.bool() & (batch.rollout_routes_BSLK[..., 0, 0] >= 0)
+            metrics.update(route_mismatch_metrics(old_out.live_routes_BSLK, batch.rollout_routes_BSLK, valid,
+                                                  prefix="moe/route_mismatch"))
+        replay_routes = {"off": None, "R2": old_out.routes_BSLK, "R3": batch.rollout_routes_BSLK}[cfg.routing_replay]
+        order = torch.arange(batch.input_ids_BS.shape[0])
+        sums: dict[str, float] = {}
+        used_mismatch = []
+        for mini in torch.chunk(order, cfg.num_minibatches):
+            step_metrics, mismatch = self._optimizer_step(batch, mini, old_lp, ref_lp, replay_routes)
+            used_mismatch.append(mismatch)
+            for k, v in step_metrics.items():
+                sums[k] = sums.get(k, 0.0) + v / cfg.num_minibatches
+        metrics.update(sums)
+        if batch.rollout_routes_BSLK is not None:
+            metrics["moe/route_mismatch_during_update"] = float(sum(used_mismatch) / len(used_mismatch))
+        self.step += 1
+        return metrics
+
+    def _optimizer_step(self, batch, rows, old_lp, ref_lp, replay_routes) -> tuple[dict[str, float], float]:
+        cfg = self.config
+        mini = batch.rows(rows)
+        num_tokens = max(1, mini.num_tokens)
+        totals = {"loss/policy": 0.0, "loss/clip_frac": 0.0, "loss/kl_to_ref": 0.0, "loss/ratio_mean": 0.0,
+                  "policy/entropy": 0.0}
+        mismatch_num = mismatch_den = 0.0
+        self.engine.module.train(False)  # no dropout; keeps MoE load counting (a pretraining concern) off
+        stats = None
+        for start in range(0, len(rows), cfg.micro_batch_size):
+            idx = rows[start:start + cfg.micro_batch_size]
+            micro = batch.rows(idx)
+            forced = None if replay_routes is None else replay_routes[idx]
+            logprobs, entropy, out = response_logprobs(self.engine.module, micro, forced_routes=forced,
+                                                       capture=micro.rollout_routes_BSLK is not None)
+            result = cfg.loss.loss(PolicyLossInputs(
+                logprobs_BS=logprobs, old_logprobs_BS=old_lp[idx], advantages_B=micro.advantages_B,
+                mask_BS=micro.mask_BS, ref_logprobs_BS=None if ref_lp is None else ref_lp[idx],
+                num_global_tokens=num_tokens))
+            # The loss is already divided by the mini-batch's token count, so no GAS rescaling; the boundary
+            # (gradient reduction, clipping, optimizer step) is the last micro-batch of the mini-batch.
+            is_last = start + cfg.micro_batch_size >= len(rows)
+            self.engine.set_gradient_accumulation_boundary(is_last)
+            self.engine.backward(result.loss, scale_wrt_gas=False)
+            if is_last:
+                stats = self.clipper.clip(self.grad_access)
+            self.engine.step()
+            share = micro.num_tokens / num_tokens
+            totals["loss/policy"] += float(result.loss.detach())
+            totals["loss/clip_frac"] += result.clip_frac * share
+            totals["loss/kl_to_ref"] += result.kl_to_ref * share
+            totals["loss/ratio_mean"] += result.ratio_mean * share
+            totals["policy/entropy"] += float((entropy.detach() * micro.mask_BS).sum()) / num_tokens
+            if micro.rollout_routes_BSLK is not None:
+                valid = micro.attention_mask_BS.bool() & (micro.rollout_routes_BSLK[..., 0, 0] >= 0)
+                m = route_mismatch_metrics(out.routes_BSLK, micro.rollout_routes_BSLK, valid, prefix="x")
+                weight = float(valid.sum())
+                mismatch_num += m["x"] * weight
+                mismatch_den += weight
+        totals["train/grad_norm"] = stats.grad_norm
+        totals["train/clipped_tensors"] = float(stats.num_clipped)
+        totals["train/lr"] = self.optimizer.param_groups[0]["lr"]
+        return totals, mismatch_num / max(mismatch_den, 1.0)
+
+    def publish_weights(self) -> PolicyWeights:
+        self.version += 1
+        tensors = {name: t.clone() for name, t in checkpoint_tensors(self.model)}
+        return PolicyWeights(version=self.version, tensors=tensors)
+
+    def save_checkpoint(self, path: str, client_state: dict) -> None:
+        state = {**client_state, "learner_step": self.step, "version": self.version,
+                 "clipper": self.clipper.state_dict(), "torch_rng": torch.get_rng_state()}
+        self.engine.save_checkpoint(path, tag=f"step{self.step}", client_state=state)
+
+    def load_checkpoint(self, path: str) -> dict:
+        _, state = self.engine.load_checkpoint(path)
+        self.step = int(state["learner_step"])
+        self.version = int(state["version"])
+        self.clipper.load_state_dict(state["clipper"])
+        torch.set_rng_state(state["torch_rng"])
+        return state
+
+    def export(self, path: str, tokenizer=None) -> str:
+        return str(export_hf(self.model, path, tokenizer=tokenizer))

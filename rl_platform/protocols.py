@@ -1,0 +1,50 @@
+"""One small protocol per role. The controller depends only on these, so the RL loop runs against
+in-process fakes in unit tests and against Ray actors (actors/remote.py) for real."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from rl_platform.types import Completion, PolicyWeights, Prompt, RewardOutcome, Rollout
+
+
+class Generator(Protocol):
+    """Samples completions from the current policy."""
+
+    def generate(self, prompts: Sequence[Prompt], sampling: Any) -> list[list[Completion]]:
+        """[len(prompts)][sampling.num_samples_per_prompt] completions, all from one policy version."""
+        ...
+
+    def load_weights(self, weights: PolicyWeights) -> float:
+        """Serves `weights.version` from the next generate on; returns the seconds the update took."""
+        ...
+
+
+class RewardScorer(Protocol):
+    """Scores completions; never raises for a bad sample (it returns a failed RewardOutcome)."""
+
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[RewardOutcome]: ...
+
+
+class PolicyTrainer(Protocol):
+    """Owns the policy weights and optimizer state."""
+
+    def train_step(self, rollouts: Sequence[Rollout], advantages: Sequence[float | None]) -> dict[str, float]:
+        """Old/ref logprobs, loss, backward and optimizer step(s) over the rollouts; an advantage of None
+        (a failed sample) keeps the sample out of the loss. Returns metrics."""
+        ...
+
+    def publish_weights(self) -> PolicyWeights:
+        """Current weights for the generators, with a new version number."""
+        ...
+
+    def save_checkpoint(self, path: str, client_state: dict) -> None: ...
+
+    def load_checkpoint(self, path: str) -> dict:
+        """Restores model, optimizer, clipper and RNG; returns the client state saved with it."""
+        ...
+
+    def export(self, path: str) -> str:
+        """Writes the policy as a Hugging Face directory vLLM can serve; returns the path."""
+        ...

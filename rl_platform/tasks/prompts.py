@@ -1,0 +1,46 @@
+"""RL prompt sources: deterministic batches of task prompts per (seed, split, step)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from rl_platform.config import check
+from rl_platform.tasks.arithmetic import draw_problem
+from rl_platform.types import Prompt
+
+
+@dataclass(kw_only=True, slots=True)
+class ArithmeticPromptsConfig:
+    """Prompts of the arithmetic task family (the pretraining corpus's verifiable task)."""
+
+    max_digits: int = 3
+    """Largest operand size."""
+
+    def __post_init__(self) -> None:
+        check(1 <= self.max_digits <= 9, "ArithmeticPromptsConfig.max_digits", self.max_digits, "must be in [1, 9]",
+              "use 2-4")
+
+
+class ArithmeticPrompts:
+    """Train batches are a function of the step (a resumed run sees the same prompts); the held-out set is
+    a fixed list disjoint from anything train can draw."""
+
+    def __init__(self, config: ArithmeticPromptsConfig, tokenizer, seed: int) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.seed = seed
+
+    def _prompt(self, rng: random.Random, split: str, index: str) -> Prompt:
+        problem = draw_problem(rng, split, self.config.max_digits)
+        ids = [self.tokenizer.bos_token_id, *self.tokenizer.encode(problem.prompt, add_special_tokens=False)]
+        return Prompt(prompt_id=f"{split}/{index}", text=problem.prompt, token_ids=ids,
+                      metadata={"answer": problem.answer, "solution": problem.solution})
+
+    def train_batch(self, step: int, num_prompts: int) -> list[Prompt]:
+        rng = random.Random(f"{self.seed}:rl-train:{step}")
+        return [self._prompt(rng, "train", f"{step}.{i}") for i in range(num_prompts)]
+
+    def held_out(self, num_prompts: int) -> list[Prompt]:
+        rng = random.Random(f"{self.seed}:rl-validation")
+        return [self._prompt(rng, "validation", str(i)) for i in range(num_prompts)]

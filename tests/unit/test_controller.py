@@ -1,0 +1,49 @@
+"""The controller against in-process fakes: ordering, versions, failed samples, metrics."""
+
+import pytest
+
+from rl_platform.controller import Controller, ControllerConfig, SamplingConfig
+from tests.fakes import FakeGenerator, FakeScorer, FakeTrainer, prompts
+
+
+def _controller(**loop):
+    gen, scorer, trainer = FakeGenerator(), FakeScorer(), FakeTrainer()
+    ctrl = Controller(gen, scorer, trainer, prompts, ControllerConfig(num_prompts_per_step=3, **loop),
+                      SamplingConfig(num_samples_per_prompt=4, seed=100))
+    return ctrl, gen, trainer
+
+
+def test_step_trains_on_every_rollout_and_syncs_the_new_version():
+    ctrl, gen, trainer = _controller()
+    metrics = ctrl.run_step(0)
+    rollouts, advantages = trainer.seen[0]
+    assert len(rollouts) == 12 and [r.prompt.prompt_id for r in rollouts[:4]] == ["train/0.0"] * 4
+    assert gen.loaded == [1] and ctrl.policy_version == 1
+    ctrl.run_step(1)
+    assert gen.loaded == [1, 2] and gen.seeds == [100, 101]
+    assert metrics["policy/version"] == 1.0
+    for key in ("timing/generate", "timing/score", "timing/learn", "timing/sync", "reward/mean",
+                "reward/pass_rate", "reward/failed_count", "rollout/response_length_mean"):
+        assert key in metrics
+
+
+def test_failed_samples_are_excluded_not_zeroed():
+    ctrl, _, trainer = _controller()
+    metrics = ctrl.run_step(0)
+    rollouts, advantages = trainer.seen[0]
+    assert metrics["reward/failed_count"] == 3.0
+    for r, a in zip(rollouts, advantages, strict=True):
+        if r.completion.sample_index == 3:
+            assert r.reward.failed and r.reward.value is None and a is None
+    # group of 3 valid rewards [0, 1, 0]: mean 1/3, std sqrt(2)/3
+    group = advantages[:4]
+    assert group[1] == pytest.approx((1 - 1 / 3) / (2**0.5 / 3), rel=1e-5)
+    assert metrics["reward/mean"] == pytest.approx(1 / 3)
+    assert metrics["reward/pass_rate"] == pytest.approx(1 / 3)
+
+
+def test_stale_completions_are_refused():
+    ctrl, gen, _ = _controller()
+    gen.version = 7  # an engine serving weights the learner never published
+    with pytest.raises(RuntimeError, match=r"policy versions \[7\] but the learner is at 0"):
+        ctrl.run_step(0)
