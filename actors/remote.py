@@ -19,7 +19,7 @@ from actors.reward_pool import RewardWorker
 from actors.rollout import RolloutEngineConfig, RolloutWorker
 from rl_platform.config import check
 from rl_platform.learner import LearnerConfig
-from rl_platform.types import Completion, PolicyWeights, Prompt, RewardOutcome, Rollout
+from rl_platform.types import Completion, PolicyWeights, Prompt, RewardResult, Rollout
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class RemoteRewardPool:
     def __init__(self, handles: list[Any]) -> None:
         self.handles = handles
 
-    def score(self, prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[RewardOutcome]:
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[RewardResult]:
         shards = _shards(len(completions), len(self.handles))
         refs = [h.score.remote(list(prompts[s]), list(completions[s]))
                 for h, s in zip(self.handles, shards, strict=False)]

@@ -1,8 +1,9 @@
-"""Reward worker: builds the recipe's reward in its own process and scores batches of completions.
+"""Reward worker: builds the recipe's reward in its own process and scores shards of a batch.
 
-The reward object comes from the recipe's reward config (`config.build()`); this module never imports
-`rewards/`. A reward that raises, times out or returns a non-finite value yields a failed RewardOutcome
-(value None) for that sample, never 0, so the learner can exclude it.
+The reward object comes from the recipe's reward config (`config.build()`, a guarded and versioned scorer);
+this module never imports `rewards/`. The scorer already turns a raising, hanging or non-finite reward into
+failed results; the worker guards once more around the call, so that even a scorer that breaks its
+contract fails its samples (value None, with the reason) instead of killing the step or scoring them 0.
 """
 
 from __future__ import annotations
@@ -13,9 +14,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from rl_platform.run_dir import setup_logging
-from rl_platform.types import Completion, Prompt, RewardOutcome
+from rl_platform.types import Completion, Prompt, RewardInput, RewardResult
 
 logger = logging.getLogger(__name__)
+
+
+def reward_inputs(prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[RewardInput]:
+    return [RewardInput(prompt=p.text, completion=c.text,
+                        metadata={**p.metadata, "num_completion_tokens": len(c.token_ids),
+                                  "finish_reason": c.finish_reason})
+            for p, c in zip(prompts, completions, strict=True)]
 
 
 class RewardWorker:
@@ -25,17 +33,18 @@ class RewardWorker:
         setup_logging(f"reward {worker_index}")
         self.scorer = reward_config.build()
 
-    def score(self, prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[RewardOutcome]:
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[RewardResult]:
+        name = getattr(self.scorer, "name", "reward")
         try:
-            outcomes = list(self.scorer.score(prompts, completions))
+            results = list(self.scorer.score(reward_inputs(prompts, completions)))
         except Exception as exc:  # a broken reward fails its samples, it does not kill the run
-            logger.exception("reward raised on a batch of %d", len(completions))
-            return [RewardOutcome(value=None, failed=True, reason=f"{type(exc).__name__}: {exc}")
-                    for _ in completions]
-        if len(outcomes) != len(completions):
-            reason = f"reward returned {len(outcomes)} outcomes for {len(completions)} completions"
-            return [RewardOutcome(value=None, failed=True, reason=reason) for _ in completions]
-        return [o if o.failed or (o.value is not None and math.isfinite(o.value))
-                else RewardOutcome(value=None, failed=True, reason=f"non-finite reward {o.value}",
-                                   reward_name=o.reward_name, reward_version=o.reward_version)
-                for o in outcomes]
+            logger.exception("reward %s raised on a batch of %d", name, len(completions))
+            return [RewardResult(value=None, failed=True, reason=f"error: {type(exc).__name__}: {exc}",
+                                 reward_name=name) for _ in completions]
+        if len(results) != len(completions):
+            reason = f"contract: reward returned {len(results)} results for {len(completions)} completions"
+            return [RewardResult(value=None, failed=True, reason=reason, reward_name=name) for _ in completions]
+        return [r if r.failed or math.isfinite(r.value)
+                else RewardResult(value=None, failed=True, reason=f"non_finite: {r.value}",
+                                  reward_name=r.reward_name, reward_version=r.reward_version)
+                for r in results]

@@ -36,9 +36,9 @@ def _start_ray(address: str | None, num_cpus: int) -> bool:
     if target:
         ray.init(address=target, runtime_env=env, log_to_driver=True)
         return False
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=env,
-             log_to_driver=True)
-    logger.info("local Ray started (dashboard %s)", ray.get_runtime_context().dashboard_url or "off")
+    context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=env,
+                       log_to_driver=True)
+    logger.info("local Ray started (dashboard http://%s)", context.dashboard_url or "off")
     return True
 
 

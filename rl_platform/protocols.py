@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from rl_platform.types import Completion, PolicyWeights, Prompt, RewardOutcome, Rollout
+from rl_platform.types import Completion, PolicyWeights, Prompt, RewardResult, Rollout
 
 
 class Generator(Protocol):
@@ -22,9 +22,9 @@ class Generator(Protocol):
 
 
 class RewardScorer(Protocol):
-    """Scores completions; never raises for a bad sample (it returns a failed RewardOutcome)."""
+    """Scores completions; never raises for a bad sample (it returns a failed RewardResult)."""
 
-    def score(self, prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[RewardOutcome]: ...
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[RewardResult]: ...
 
 
 class PolicyTrainer(Protocol):

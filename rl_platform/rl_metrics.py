@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -26,7 +28,7 @@ def train_infer_metrics(learner_lp_BS: Tensor, generator_lp_BS: Tensor, mask_BS:
         "train/kl_train_infer": float((ratio - 1.0 - log_r).mean()),
         "train/logprob_abs_diff_mean": float(log_r.abs().mean()),
         "train/logprob_abs_diff_max": float(log_r.abs().max()),
-        "moe/extreme_token_frac_tau2": float((log_r.abs() > torch.log(torch.tensor(tau, dtype=torch.float64))).double().mean()),
+        "moe/extreme_token_frac_tau2": float((log_r.abs() > math.log(tau)).double().mean()),
     }
 
 

@@ -56,23 +56,54 @@ class Completion:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class RewardOutcome:
-    """The reward of one completion, with provenance. A failed sample has value None, never 0.
+class RewardInput:
+    """One sample to score: the prompt, the completion text, and task metadata.
 
     Example:
-        RewardOutcome(value=1.0, failed=False, reason=None, reward_name="arithmetic_verifier",
-                      reward_version="3f2a91c0", shadow_value=None)
+        RewardInput(prompt="Q: 347+86=?\\nA:", completion=" ...; so 433\\n#### 433", metadata={"answer": 433})
+    """
+
+    prompt: str
+    completion: str
+    """The generated text only (prompt excluded)."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Task data the reward may use: `answer` (reference), `tests` (code tasks), `num_completion_tokens`, ..."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RewardResult:
+    """The reward of one sample, or why there is none, and which reward (name, version) produced it.
+    A failed sample has value None (it is excluded from the loss), never 0.
+
+    Example:
+        RewardResult(value=1.0, failed=False, reason=None, reward_name="arithmetic_verifier",
+                     reward_version="3f2a9c01d4e5")
+        RewardResult(value=None, failed=True, reason="timeout: batch took > 5.0 s", reward_name=..., ...)
     """
 
     value: float | None
+    """The reward; None exactly when `failed`."""
     failed: bool
     reason: str | None = None
-    """Why it failed (exception, timeout, non-finite value)."""
+    """Why the sample failed (`"<category>: <detail>"`); may also annotate a valid score."""
     reward_name: str = ""
     reward_version: str = ""
-    """Hash of the reward's config (and weights, for a model)."""
-    shadow_value: float | None = None
-    """Score of the shadow reward (compared, never trained on)."""
+    """Hash of the reward's config and source (+ weights for a model)."""
+    shadow: RewardResult | None = None
+    """The shadow reward's result for the same sample (compared, never trained on)."""
+    components: dict[str, float | None] | None = None
+    """Per-component values of a weighted combination (None for a failed component)."""
+
+    def __post_init__(self) -> None:
+        # Internal invariant (not user input): the two ways of saying "no reward" must agree.
+        if self.failed != (self.value is None):
+            raise ValueError(f"RewardResult from {self.reward_name}: failed={self.failed} but value={self.value}")
+        if self.failed and not self.reason:
+            raise ValueError(f"RewardResult from {self.reward_name}: a failed result needs a reason")
+
+    @property
+    def shadow_value(self) -> float | None:
+        return None if self.shadow is None else self.shadow.value
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -81,7 +112,7 @@ class Rollout:
 
     prompt: Prompt
     completion: Completion
-    reward: RewardOutcome
+    reward: RewardResult
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

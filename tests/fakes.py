@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rl_platform.types import Completion, PolicyWeights, Prompt, RewardOutcome
+from rl_platform.types import Completion, PolicyWeights, Prompt, RewardResult
 
 
 class FakeGenerator:
@@ -33,9 +33,9 @@ class FakeScorer:
         out = []
         for c in completions:
             if c.sample_index == 3:
-                out.append(RewardOutcome(value=None, failed=True, reason="boom", reward_name="fake"))
+                out.append(RewardResult(value=None, failed=True, reason="boom", reward_name="fake"))
             else:
-                out.append(RewardOutcome(value=float(c.sample_index == 1), failed=False, reward_name="fake"))
+                out.append(RewardResult(value=float(c.sample_index == 1), failed=False, reward_name="fake"))
         return out
 
 

@@ -7,7 +7,7 @@ import torch
 from rl_platform.learner import Learner, LearnerConfig
 from rl_platform.model import MoEModelConfig, MoETransformer
 from rl_platform.model.hf_interop import export_hf
-from rl_platform.types import Completion, Prompt, RewardOutcome, Rollout
+from rl_platform.types import Completion, Prompt, RewardResult, Rollout
 
 CONFIG = MoEModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
                         num_experts=8, top_k=2, expert_ffn_dim=16, initializer_range=0.2)
@@ -44,7 +44,7 @@ def _rollouts(model_dir, perturb_routes: bool):
                                 policy_version=0)
         reward = float(i % 3 == 0)
         rollouts.append(Rollout(prompt=prompt, completion=completion,
-                                reward=RewardOutcome(value=reward, failed=False)))
+                                reward=RewardResult(value=reward, failed=False)))
         advantages.append(reward - 0.4 if i != 7 else None)  # the last one 'failed'
     return rollouts, advantages
 
