@@ -67,9 +67,6 @@ class RemoteGenerator:
         ref = weights.ref if isinstance(weights, PolicyWeightsHandle) else ray.put(weights)
         return max(ray.get([h.load_weights.remote(ref) for h in self.handles]))
 
-    def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
-        return ray.get(self.handles[0].prompt_logprobs.remote(token_ids))
-
 
 class RemoteRewardPool:
     """RewardScorer client over a pool of reward actors."""

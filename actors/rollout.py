@@ -97,13 +97,3 @@ class RolloutWorker:
 
     def policy_version(self) -> int:
         return self.version
-
-    def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
-        """Engine log-probabilities of every token of `token_ids` given its prefix (teacher forcing); used to
-        check that the engine computes what the learner computes after a weight update."""
-        from vllm import SamplingParams, TokensPrompt
-
-        out = self.llm.generate([TokensPrompt(prompt_token_ids=token_ids)],
-                                SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0), use_tqdm=False)
-        entries = out[0].prompt_logprobs[1:]
-        return [entry[tok].logprob for entry, tok in zip(entries, token_ids[1:], strict=True)]
