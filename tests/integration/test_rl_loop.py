@@ -7,7 +7,6 @@ import ray
 import torch
 
 from actors.remote import start_roles
-from jobs.base_model import ensure_base_model
 from jobs.recipes.rl import grpo_smoke
 from rewards.python_function import PythonFunctionConfig
 from rl_platform.controller import Controller
@@ -19,12 +18,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(smoke_base_model):
     config = grpo_smoke()
-    config.base_model.cache_dir = str(tmp_path_factory.mktemp("models"))
     # a reward with spread on an untrained policy, given as a plain TRL-style function (import path)
     config.reward = PythonFunctionConfig(path="tests.rl_helpers:digit_count_reward")
-    base = ensure_base_model(config.base_model)
+    base = smoke_base_model
     ray.init(num_cpus=2, include_dashboard=False)
     roles = start_roles(model_path=str(base), rollout=config.rollout, learner=config.learner,
                         reward_config=config.reward, resources=config.resources, seed=0)

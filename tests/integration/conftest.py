@@ -1,0 +1,12 @@
+import pytest
+
+from jobs.base_model import ensure_base_model
+from jobs.recipes.rl import grpo_smoke
+
+
+@pytest.fixture(scope="session")
+def smoke_base_model(tmp_path_factory):
+    """The pretrain_smoke base model, pretrained once per test session (about a minute)."""
+    config = grpo_smoke().base_model
+    config.cache_dir = str(tmp_path_factory.mktemp("models"))
+    return ensure_base_model(config)
