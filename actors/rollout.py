@@ -70,8 +70,8 @@ class RolloutWorker:
         self.calls += 1
         params = SamplingParams(n=sampling.num_samples_per_prompt, max_tokens=sampling.max_tokens,
                                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                logprobs=0, seed=self.seed + getattr(sampling, "seed", self.calls),
-                                skip_special_tokens=True)
+                                logprobs=0, seed=self.seed + sampling.seed, skip_special_tokens=True,
+                                ignore_eos=getattr(sampling, "ignore_eos", False))
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params,
                                     use_tqdm=False)
         groups = []

@@ -5,6 +5,6 @@ plus torch custom op) and bench.py. Import the op packages explicitly (`from ker
 this package does not import them itself so that `import kernels` stays cheap. It imports nothing else of ours.
 """
 
-from kernels._dispatch import force_triton, interpreter_enabled
+from kernels._dispatch import force_triton, interpreter_enabled, is_interpreted
 
-__all__ = ["force_triton", "interpreter_enabled"]
+__all__ = ["force_triton", "interpreter_enabled", "is_interpreted"]

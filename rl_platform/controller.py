@@ -44,6 +44,8 @@ class SamplingConfig:
     """-1 disables top-k filtering."""
     seed: int = 0
     """Base sampling seed; the controller offsets it by the step, so a resumed run samples the same way."""
+    ignore_eos: bool = False
+    """Always generate max_tokens (benchmarks use it to equalise work)."""
 
     def __post_init__(self) -> None:
         check(self.num_samples_per_prompt >= 2, "SamplingConfig.num_samples_per_prompt", self.num_samples_per_prompt,

@@ -21,6 +21,7 @@ class EvalSampling:
     top_p: float = 1.0
     top_k: int = -1
     seed: int = 0
+    ignore_eos: bool = False
 
 
 def evaluate_pass_rate(generator: Generator, scorer: RewardScorer, prompts: Sequence[Prompt],

@@ -8,3 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Triton fixes interpreter mode when a kernel is decorated, so it must be set before anything imports a
+# kernel module (rl_platform.learner imports kernels.fused_logprobs): Triton kernels are tested on CPU through
+# the interpreter. Processes that run vLLM inherit it, which only makes kernels that the vLLM-CPU stand-ins
+# do not cover fall back to the (slow, correct) interpreter instead of raising.
+os.environ.setdefault("TRITON_INTERPRET", "1")

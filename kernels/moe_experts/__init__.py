@@ -1,0 +1,18 @@
+"""Routed-expert SwiGLU FFN of an MoE layer: permutation by expert, grouped matmuls, weighted un-permutation."""
+
+from kernels.moe_experts.op import (
+    moe_experts,
+    moe_experts_backward_triton,
+    moe_experts_forward_triton,
+    permute_tokens_triton,
+)
+from kernels.moe_experts.reference import moe_experts_reference, permute_tokens_reference
+
+__all__ = [
+    "moe_experts",
+    "moe_experts_backward_triton",
+    "moe_experts_forward_triton",
+    "moe_experts_reference",
+    "permute_tokens_reference",
+    "permute_tokens_triton",
+]

@@ -1,0 +1,50 @@
+"""Reference (specification and CPU path) for the routed-expert FFN block of an MoE layer.
+
+Shape legend: T tokens, D model dim, E experts, K top-k, F expert FFN dim, N = T * K token copies.
+
+y_TD[t] = sum_k topk_weights_TK[t, k] * FFN_{topk_ids_TK[t, k]}(x_TD[t]),
+FFN_e(x) = w_down_EDF[e] @ (silu(w_gate_EFD[e] @ x) * (w_up_EFD[e] @ x))   (weights stored like nn.Linear: [out, in]).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def permute_tokens_reference(topk_ids_TK: Tensor, num_experts: int) -> tuple[Tensor, Tensor]:
+    """Returns (copy_ids_N, tokens_per_expert_E): the flat copy index t*K + k of each row after grouping by expert.
+
+    Stable: within an expert, copies keep token order (the Triton op must reproduce this order exactly).
+    """
+    flat_ids_N = topk_ids_TK.reshape(-1)
+    copy_ids_N = torch.sort(flat_ids_N, stable=True).indices
+    tokens_per_expert_E = torch.bincount(flat_ids_N, minlength=num_experts)
+    return copy_ids_N, tokens_per_expert_E
+
+
+def moe_experts_reference(
+    x_TD: Tensor,
+    topk_ids_TK: Tensor,
+    topk_weights_TK: Tensor,
+    w_gate_EFD: Tensor,
+    w_up_EFD: Tensor,
+    w_down_EDF: Tensor,
+) -> Tensor:
+    """Returns y_TD (dtype of x_TD): the obviously-correct loop over experts, fp32 inside.
+
+    Differentiable w.r.t. x_TD, topk_weights_TK and the three weight tensors through ordinary autograd.
+    """
+    y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
+    x32_TD = x_TD.float()
+    for expert in range(w_gate_EFD.shape[0]):
+        token_idx, slot_idx = torch.nonzero(topk_ids_TK == expert, as_tuple=True)
+        if token_idx.numel() == 0:
+            continue
+        x_ND = x32_TD[token_idx]
+        hidden_NF = F.silu(x_ND @ w_gate_EFD[expert].float().T) * (x_ND @ w_up_EFD[expert].float().T)
+        out_ND = hidden_NF @ w_down_EDF[expert].float().T
+        weight_N = topk_weights_TK[token_idx, slot_idx].float()
+        y_TD = y_TD.index_add(0, token_idx, out_ND * weight_N[:, None])
+    return y_TD.to(x_TD.dtype)

@@ -1,0 +1,169 @@
+"""moe_experts: Triton path == loop-over-experts reference, forward and every gradient; CPU path bit-exact.
+
+Shape legend: T tokens, D model dim, E experts, K top-k, F expert FFN dim, N = T * K token copies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import force_triton
+from kernels.moe_experts import moe_experts, moe_experts_reference, permute_tokens_reference, permute_tokens_triton
+
+NUM_GPUS = 1  # for the `gpu` variants
+SHAPES = [  # (T, D, E, K, F)
+    (1, 32, 4, 2, 16),  # single token
+    (37, 48, 5, 2, 40),  # irregular on every axis: masking in the grouped matmul tiles
+    (70, 24, 8, 3, 20),  # more copies than one 64-row tile for most experts
+]
+TOLERANCE = {
+    # Same fp32 math; only the order of the D/F/token sums differs between tiles and the reference's matmuls.
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    # gate/up/hidden/out are rounded to bf16 between the grouped matmuls (8-bit mantissa), the reference keeps fp32.
+    torch.bfloat16: dict(atol=3e-2, rtol=3e-2),
+}
+GRAD_NAMES = ("x", "topk_weights", "w_gate", "w_up", "w_down")
+
+
+def _routing(num_tokens, num_experts, top_k, gen, allowed_experts=None):
+    allowed = torch.arange(num_experts) if allowed_experts is None else torch.tensor(allowed_experts)
+    scores_TE = torch.rand(num_tokens, allowed.numel(), generator=gen)
+    topk_ids_TK = allowed[scores_TE.argsort(dim=1)[:, :top_k]]
+    topk_weights_TK = torch.softmax(torch.randn(num_tokens, top_k, generator=gen), dim=1)
+    return topk_ids_TK, topk_weights_TK
+
+
+def _inputs(shape, device, dtype, seed=0, allowed_experts=None):
+    num_tokens, dim, num_experts, top_k, ffn_dim = shape
+    gen = torch.Generator().manual_seed(seed)
+    topk_ids_TK, topk_weights_TK = _routing(num_tokens, num_experts, top_k, gen, allowed_experts)
+    x_TD = torch.randn(num_tokens, dim, generator=gen)
+    w_gate_EFD = torch.randn(num_experts, ffn_dim, dim, generator=gen) / math.sqrt(dim)
+    w_up_EFD = torch.randn(num_experts, ffn_dim, dim, generator=gen) / math.sqrt(dim)
+    w_down_EDF = torch.randn(num_experts, dim, ffn_dim, generator=gen) / math.sqrt(ffn_dim)
+    grad_y_TD = torch.randn(num_tokens, dim, generator=gen)
+    leaves = [t.to(device=device, dtype=dtype).requires_grad_() for t in (x_TD, topk_weights_TK)]
+    weights = [t.to(device=device, dtype=dtype).requires_grad_() for t in (w_gate_EFD, w_up_EFD, w_down_EDF)]
+    return leaves[0], topk_ids_TK.to(device), leaves[1], *weights, grad_y_TD.to(device=device, dtype=dtype)
+
+
+def _forward_backward(fn, x_TD, topk_ids_TK, topk_weights_TK, w_gate_EFD, w_up_EFD, w_down_EDF, grad_y_TD):
+    y_TD = fn(x_TD, topk_ids_TK, topk_weights_TK, w_gate_EFD, w_up_EFD, w_down_EDF)
+    grads = torch.autograd.grad(y_TD, (x_TD, topk_weights_TK, w_gate_EFD, w_up_EFD, w_down_EDF), grad_y_TD)
+    return y_TD, *grads
+
+
+def _assert_matches_reference(inputs, dtype):
+    with force_triton():
+        got = _forward_backward(moe_experts, *inputs)
+    leaves32 = [t.detach().float().requires_grad_() if t.is_floating_point() else t for t in inputs[:-1]]
+    want = _forward_backward(moe_experts_reference, *leaves32, inputs[-1].float())
+    for name, got_t, want_t in zip(("y", *GRAD_NAMES), got, want, strict=True):
+        assert got_t.dtype == inputs[0].dtype or name == "topk_weights"
+        torch.testing.assert_close(got_t.float(), want_t, **TOLERANCE[dtype], msg=lambda m, n=name: f"{n}: {m}")
+    return got
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_triton_matches_reference_forward_and_backward(shape, device_dtype):
+    device, dtype = device_dtype
+    _assert_matches_reference(_inputs(shape, device, dtype), dtype)
+
+
+def test_expert_without_tokens_gets_zero_weight_grads(device_dtype):
+    device, dtype = device_dtype
+    inputs = _inputs((23, 32, 6, 2, 24), device, dtype, allowed_experts=[0, 1, 3, 4, 5])  # expert 2 unused
+    got = _assert_matches_reference(inputs, dtype)
+    for grad_EXX in got[3:]:
+        assert torch.count_nonzero(grad_EXX[2]) == 0
+
+
+def test_all_tokens_on_one_expert(device_dtype):
+    device, dtype = device_dtype
+    _assert_matches_reference(_inputs((41, 32, 4, 1, 24), device, dtype, allowed_experts=[3]), dtype)
+
+
+def test_non_contiguous_input(device_dtype):
+    device, dtype = device_dtype
+    x_TD, *rest = _inputs((19, 32, 4, 2, 16), device, dtype)
+    x_TD = x_TD.detach().t().contiguous().t().requires_grad_()  # same values, column-major strides
+    assert not x_TD.is_contiguous()
+    _assert_matches_reference((x_TD, *rest), dtype)
+
+
+def test_cpu_path_is_bit_exact_with_reference():
+    inputs = _inputs((37, 48, 5, 2, 40), "cpu", torch.float32)
+    got = _forward_backward(moe_experts, *inputs)
+    want = _forward_backward(moe_experts_reference, *inputs)
+    for got_t, want_t in zip(got, want, strict=True):
+        assert torch.equal(got_t, want_t)
+
+
+def test_permutation_is_stable_by_hand():
+    copy_ids_N, tokens_per_expert_E = permute_tokens_reference(torch.tensor([[2, 0], [0, 1], [2, 1]]), num_experts=4)
+    # flat copies t*K+k -> expert: [2, 0, 0, 1, 2, 1]; token order kept inside each expert; expert 3 empty.
+    assert torch.equal(copy_ids_N, torch.tensor([1, 2, 3, 5, 0, 4]))
+    assert torch.equal(tokens_per_expert_E, torch.tensor([2, 2, 2, 0]))
+
+
+def test_permute_kernel_gathers_rows_exactly(device_dtype):
+    device, dtype = device_dtype
+    x_TD, topk_ids_TK, *_ = _inputs((37, 48, 5, 3, 40), device, dtype)
+    x_ND, copy_ids_N, tokens_per_expert_E = permute_tokens_triton(x_TD.detach(), topk_ids_TK, num_experts=5)
+    want_copy_ids_N, want_tokens_per_expert_E = permute_tokens_reference(topk_ids_TK, num_experts=5)
+    assert torch.equal(copy_ids_N, want_copy_ids_N) and torch.equal(tokens_per_expert_E, want_tokens_per_expert_E)
+    assert torch.equal(x_ND, x_TD.detach()[copy_ids_N // 3])  # a copy, not arithmetic: bit-exact
+
+
+def test_empty_batch_returns_empty_output():
+    x_TD, topk_ids_TK, topk_weights_TK, w_gate_EFD, w_up_EFD, w_down_EDF, _ = _inputs(
+        (0, 16, 3, 2, 8), "cpu", torch.float32
+    )
+    with force_triton():
+        y_TD = moe_experts(x_TD, topk_ids_TK, topk_weights_TK, w_gate_EFD, w_up_EFD, w_down_EDF)
+    assert y_TD.shape == (0, 16)
+
+
+def test_reference_small_case_by_hand():
+    # D = F = 1, one token, two experts with weights 0.25 / 0.75.
+    x_TD = torch.tensor([[2.0]])
+    w_gate_EFD = torch.tensor([[[1.0]], [[-1.0]]])
+    w_up_EFD = torch.tensor([[[3.0]], [[1.0]]])
+    w_down_EDF = torch.tensor([[[0.5]], [[2.0]]])
+    y_TD = moe_experts_reference(
+        x_TD, torch.tensor([[0, 1]]), torch.tensor([[0.25, 0.75]]), w_gate_EFD, w_up_EFD, w_down_EDF
+    )
+    expert0 = F.silu(torch.tensor(2.0)) * 6.0 * 0.5
+    expert1 = F.silu(torch.tensor(-2.0)) * 2.0 * 2.0
+    torch.testing.assert_close(y_TD, (0.25 * expert0 + 0.75 * expert1).reshape(1, 1))
+
+
+@pytest.mark.usefixtures("triton_interpreter")
+def test_opcheck():
+    inputs = [
+        t.detach().requires_grad_(t.is_floating_point()) for t in _inputs((9, 32, 3, 2, 16), "cpu", torch.float32)
+    ]
+    torch.library.opcheck(torch.ops.kernels.moe_experts.default, inputs[:-1])
+
+
+@pytest.mark.usefixtures("triton_interpreter")
+def test_torch_compile_traces_the_custom_op_without_graph_breaks():
+    inputs = _inputs((9, 32, 3, 2, 16), "cpu", torch.float32)
+    with force_triton():
+        eager = _forward_backward(moe_experts, *inputs)
+        compiled = _forward_backward(torch.compile(moe_experts, backend="aot_eager", fullgraph=True), *inputs)
+    for compiled_t, eager_t in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(compiled_t, eager_t, **TOLERANCE[torch.float32])
+
+
+def test_bad_input_names_the_problem():
+    inputs = _inputs((4, 16, 3, 2, 8), "cpu", torch.float32)
+    x_TD, topk_ids_TK, topk_weights_TK, w_gate_EFD, w_up_EFD, w_down_EDF, _ = inputs
+    with pytest.raises(ValueError, match="w_down_EDF"):
+        moe_experts(x_TD, topk_ids_TK, topk_weights_TK, w_gate_EFD, w_up_EFD, w_down_EDF.transpose(1, 2))
+    with pytest.raises(ValueError, match="topk_ids_TK must be int"):
+        moe_experts(x_TD, topk_ids_TK.float(), topk_weights_TK, w_gate_EFD, w_up_EFD, w_down_EDF)
