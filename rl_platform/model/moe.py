@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kernels.moe_experts import moe_experts
 from rl_platform.model.config import MoEModelConfig
 
 # HF Ernie4.5 clamps the renormaliser at moe_norm_min=1e-12; vLLM divides plainly. Identical unless all
@@ -107,28 +108,6 @@ class Router(nn.Module):
         return RoutingResult(ids_TK, gates_TK, probs_TE, num_forced, live_ids_TK)
 
 
-def experts_forward_reference(x_TD: Tensor, ids_TK: Tensor, gates_TK: Tensor, w_gate_EFD: Tensor,
-                              w_up_EFD: Tensor, w_down_EDF: Tensor) -> Tensor:
-    """Sum over chosen experts of gate * expert(x); a loop over the experts that received tokens."""
-    y_TD = torch.zeros_like(x_TD)
-    flat_ids = ids_TK.reshape(-1)
-    order = torch.argsort(flat_ids, stable=True)
-    counts = torch.bincount(flat_ids.clamp_min(0)[flat_ids >= 0], minlength=w_gate_EFD.shape[0])
-    start = int((flat_ids < 0).sum())  # -1 slots sort first and are skipped
-    k = ids_TK.shape[1]
-    for expert, count in enumerate(counts.tolist()):
-        if count == 0:
-            continue
-        slots = order[start:start + count]
-        start += count
-        tokens = slots // k
-        h = x_TD[tokens]
-        h = F.linear(F.silu(F.linear(h, w_gate_EFD[expert])) * F.linear(h, w_up_EFD[expert]),
-                     w_down_EDF[expert])
-        y_TD.index_add_(0, tokens, h * gates_TK.reshape(-1)[slots, None].to(h.dtype))
-    return y_TD
-
-
 class MoEFeedForward(nn.Module):
     """Routed experts + shared expert; records per-expert token counts for the bias update."""
 
@@ -179,5 +158,9 @@ def switch_balance_loss(routing: RoutingResult, num_experts: int) -> Tensor:
 
 def routed_experts(x_TD: Tensor, ids_TK: Tensor, gates_TK: Tensor, w_gate_EFD: Tensor, w_up_EFD: Tensor,
                    w_down_EDF: Tensor) -> Tensor:
-    """Dispatch point for the routed-expert computation (kernels/ op when present, else the loop)."""
-    return experts_forward_reference(x_TD, ids_TK, gates_TK, w_gate_EFD, w_up_EFD, w_down_EDF)
+    """The routed-expert FFN through the shared op (Triton grouped matmul on CUDA, its reference on CPU).
+
+    Unused slots (-1, a token whose sub-model has a smaller k) carry gate 0: they are pointed at expert 0,
+    whose contribution the zero gate removes, so the op sees ids in [0, E) as it requires.
+    """
+    return moe_experts(x_TD, ids_TK.clamp_min(0), gates_TK.to(x_TD.dtype), w_gate_EFD, w_up_EFD, w_down_EDF)
