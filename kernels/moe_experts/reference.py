@@ -36,15 +36,25 @@ def moe_experts_reference(
 
     Differentiable w.r.t. x_TD, topk_weights_TK and the three weight tensors through ordinary autograd.
     """
-    y_TD = torch.zeros(x_TD.shape, dtype=torch.float32, device=x_TD.device)
-    x32_TD = x_TD.float()
-    for expert in range(w_gate_EFD.shape[0]):
-        token_idx, slot_idx = torch.nonzero(topk_ids_TK == expert, as_tuple=True)
-        if token_idx.numel() == 0:
+    # Group the T*K token copies by expert with one stable sort, run each expert on its contiguous slice, and
+    # scatter-add once: the same sum as a per-expert loop with index_add, without E full-size copies of y.
+    num_tokens, top_k = topk_ids_TK.shape
+    copy_ids_N, tokens_per_expert_E = permute_tokens_reference(topk_ids_TK, w_gate_EFD.shape[0])
+    token_N = copy_ids_N // top_k
+    x_ND = x_TD.float()[token_N]
+    out_chunks = []
+    start = 0
+    for expert, count in enumerate(tokens_per_expert_E.tolist()):
+        if count == 0:
             continue
-        x_ND = x32_TD[token_idx]
-        hidden_NF = F.silu(x_ND @ w_gate_EFD[expert].float().T) * (x_ND @ w_up_EFD[expert].float().T)
-        out_ND = hidden_NF @ w_down_EDF[expert].float().T
-        weight_N = topk_weights_TK[token_idx, slot_idx].float()
-        y_TD = y_TD.index_add(0, token_idx, out_ND * weight_N[:, None])
+        rows = x_ND[start:start + count]
+        hidden = F.silu(rows @ w_gate_EFD[expert].float().T) * (rows @ w_up_EFD[expert].float().T)
+        out_chunks.append(hidden @ w_down_EDF[expert].float().T)
+        start += count
+    if not out_chunks:
+        return torch.zeros_like(x_TD)
+    weight_N = topk_weights_TK.reshape(-1)[copy_ids_N].float()
+    out_ND = torch.cat(out_chunks) * weight_N[:, None]
+    y_TD = torch.zeros(num_tokens, x_TD.shape[1], dtype=torch.float32, device=x_TD.device).index_add(
+        0, token_N, out_ND)
     return y_TD.to(x_TD.dtype)
