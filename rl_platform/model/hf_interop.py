@@ -140,7 +140,7 @@ def load_hf(path: str | Path, dtype: torch.dtype = torch.float32) -> MoETransfor
     config = config_from_hf(json.loads((path / "config.json").read_text()))
     model = MoETransformer(config)
     model.load_state_dict(_our_state_dict(load_file(str(path / "model.safetensors")), config), strict=True)
-    return model.to(dtype)
+    return model.to_dtype(dtype)
 
 
 def _our_state_dict(ckpt: dict[str, Tensor], config: MoEModelConfig) -> dict[str, Tensor]:

@@ -139,6 +139,14 @@ class MoETransformer(nn.Module):
             else:
                 param.normal_(0.0, self.config.initializer_range)
 
+    def to_dtype(self, dtype: torch.dtype) -> MoETransformer:
+        """Casts every parameter to `dtype` except the routers, which stay float32 (as in HF and vLLM: a
+        bfloat16 router would flip near-tied top-k choices for no speed gain)."""
+        self.to(dtype)
+        for moe in self.moe_layers():
+            moe.router.float()
+        return self
+
     @property
     def lm_head_weight(self) -> Tensor:
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
