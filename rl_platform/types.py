@@ -5,6 +5,7 @@ Shapes: P prompt tokens, R response tokens, L MoE layers, K experts per token.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -104,6 +105,18 @@ class RewardResult:
     @property
     def shadow_value(self) -> float | None:
         return None if self.shadow is None else self.shadow.value
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> RewardResult:
+        shadow = data.get("shadow")
+        return RewardResult(
+            value=data["value"], failed=data["failed"], reason=data.get("reason"),
+            reward_name=data["reward_name"], reward_version=data["reward_version"],
+            shadow=RewardResult.from_dict(shadow) if shadow else None, components=data.get("components"),
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
