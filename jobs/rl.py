@@ -70,7 +70,8 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
     prompts = ArithmeticPrompts(config.prompts, tokenizer, config.run.seed)
     held_out = prompts.held_out(config.eval.num_prompts)
     sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + 1_000_003 * config.run.seed)
-    controller = Controller(generator, scorer, trainer, prompts.train_batch, config.loop, sampling)
+    controller = Controller(generator, scorer, trainer, prompts.train_batch, config.loop, sampling,
+                            record_rollouts=run_dir.log_rollouts)
     ckpt = run_dir.checkpoints / "rl"
     start = 0
     if resume and (ckpt / "latest").exists():

@@ -98,7 +98,8 @@ class Controller:
 
     def __init__(self, generator: Generator, scorer: RewardScorer, trainer: PolicyTrainer,
                  prompt_batch: Callable[[int, int], list[Prompt]], config: ControllerConfig,
-                 sampling: SamplingConfig, policy_version: int = 0) -> None:
+                 sampling: SamplingConfig, policy_version: int = 0,
+                 record_rollouts: Callable[[int, list[Rollout]], None] | None = None) -> None:
         self.generator = generator
         self.scorer = scorer
         self.trainer = trainer
@@ -106,6 +107,8 @@ class Controller:
         self.config = config
         self.sampling = sampling
         self.policy_version = policy_version
+        self.record_rollouts = record_rollouts
+        """Called with every step's scored rollouts (sample-level provenance: which reward, which version)."""
 
     def run_step(self, step: int) -> dict[str, float]:
         timer = Timer()
@@ -120,6 +123,8 @@ class Controller:
             outcomes = self.scorer.score(flat_prompts, flat)
         rollouts = [Rollout(prompt=p, completion=c, reward=o) for p, c, o in zip(flat_prompts, flat, outcomes,
                                                                                    strict=True)]
+        if self.record_rollouts is not None:
+            self.record_rollouts(step, rollouts)
         advantages = []
         for start in range(0, len(rollouts), self.sampling.num_samples_per_prompt):
             group = rollouts[start:start + self.sampling.num_samples_per_prompt]

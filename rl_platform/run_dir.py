@@ -86,6 +86,19 @@ class RunDir:
         if self._wandb is not None:
             self._wandb.log(clean, step=step)
 
+    def log_rollouts(self, step: int, rollouts: list[Any]) -> None:
+        """Appends every scored sample of a step to rollouts.jsonl: text, reward and its provenance."""
+        with open(self.path / "rollouts.jsonl", "a") as f:
+            for r in rollouts:
+                reward = r.reward
+                f.write(json.dumps({
+                    "step": step, "prompt_id": r.prompt.prompt_id, "sample": r.completion.sample_index,
+                    "policy_version": r.completion.policy_version, "completion": r.completion.text,
+                    "finish_reason": r.completion.finish_reason, "reward": reward.value, "failed": reward.failed,
+                    "reason": reward.reason, "reward_name": reward.reward_name,
+                    "reward_version": reward.reward_version, "shadow_reward": reward.shadow_value,
+                }) + "\n")
+
     def close(self) -> None:
         self._metrics.close()
         if self._log_handler is not None:

@@ -10,3 +10,12 @@ def smoke_base_model(tmp_path_factory):
     config = grpo_smoke().base_model
     config.cache_dir = str(tmp_path_factory.mktemp("models"))
     return ensure_base_model(config)
+
+
+def subprocess_env() -> dict:
+    """os.environ without the torch.distributed variables an in-process DeepSpeed world of one sets in this
+    test process (a child would otherwise try to rendezvous on the port this process still holds)."""
+    import os
+
+    drop = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    return {k: v for k, v in os.environ.items() if k not in drop}

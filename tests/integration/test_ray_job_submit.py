@@ -1,18 +1,19 @@
 """`ray job submit` against a locally started head runs the RL entrypoint to completion."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import subprocess_env
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env():
-    env = dict(os.environ)
+    env = subprocess_env()
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     # Ray 2.60 turns on token authentication when a token file exists (~/.ray/auth_token); this head listens
