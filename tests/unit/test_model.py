@@ -117,3 +117,14 @@ def test_activation_ratio_and_param_counts():
     assert cfg.activation_ratio() == pytest.approx(5 / 33)
     assert cfg.num_params(active=True) < cfg.num_params()
     assert sum(p.numel() for p in MoETransformer(cfg).parameters()) == cfg.num_params()
+
+
+def test_rrattention_backend_at_tau_one_matches_dense_attention(model):
+    import dataclasses
+
+    ids = torch.randint(0, TINY.vocab_size, (2, 70), generator=torch.Generator().manual_seed(2))
+    sparse = MoETransformer(dataclasses.replace(TINY, attention_backend="rrattention", rr_block_size=16, rr_stride=4,
+                                                rr_tau=1.0))
+    sparse.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(ids).hidden_BSD, model(ids).hidden_BSD, atol=1e-4, rtol=1e-4)
