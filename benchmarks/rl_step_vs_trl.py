@@ -85,14 +85,14 @@ def bench_ours(model: Path, prompts_n: int, group: int, tokens: int, steps: int)
 
 
 def bench_trl(model: Path, prompts_n: int, group: int, tokens: int, steps: int) -> dict:
+    import random
+
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from rl_platform.model.tokenizer import load_tokenizer
     from rl_platform.tasks.arithmetic import make_problem
-
-    import random
 
     rng = random.Random(0)
     dataset = Dataset.from_dict({"prompt": [make_problem(rng).prompt for _ in range(prompts_n * steps * 2)]})
@@ -142,10 +142,11 @@ def main() -> None:
             row["trl_step_tokens_per_s"] = prompts_n * group * tokens / trl_warm
             row["ours_step_tokens_per_s"] = prompts_n * group * tokens / ours_warm
             results.append(row)
+            tok_ratio = row["ours_step_tokens_per_s"] / row["trl_step_tokens_per_s"]
             print(f"{prompts_n} prompts x {group} samples x {tokens} tokens: ours {ours_warm:.2f} s/step, "
                   f"TRL {trl_warm:.2f} s/step -> {row['step_time_ratio_trl_over_ours']:.2f}x; "
                   f"generated tok/s per step: ours {row['ours_step_tokens_per_s']:.0f}, TRL "
-                  f"{row['trl_step_tokens_per_s']:.0f} ({row['ours_step_tokens_per_s'] / row['trl_step_tokens_per_s']:.2f}x); "
+                  f"{row['trl_step_tokens_per_s']:.0f} ({tok_ratio:.2f}x); "
                   f"our generation alone {row['ours_generate_tokens_per_s_median']:.0f} tok/s", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"lr": LR, "rows": results}, indent=2) + "\n")

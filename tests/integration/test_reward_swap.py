@@ -66,7 +66,8 @@ def test_swap_verifier_reward_model_remote(smoke_base_model, reward_model_dir, r
     assert {r["reward_name"] for r in model} == {"reward_model"}
     # the remote client passes the server's provenance through: the served reward and its version
     served = httpx.get(f"{reward_server}/health", timeout=5.0).json()
-    assert {(r["reward_name"], r["reward_version"]) for r in remote} == {(served["reward_name"], served["reward_version"])}
+    expected = {(served["reward_name"], served["reward_version"])}
+    assert {(r["reward_name"], r["reward_version"]) for r in remote} == expected
     for rows in (verifier, model, remote):
         assert len({r["reward_version"] for r in rows}) == 1 and rows[0]["reward_version"]
         assert all(r["failed"] or r["reward"] is not None for r in rows)
