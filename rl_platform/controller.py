@@ -143,9 +143,10 @@ class Controller:
         return metrics
 
     def sync_weights(self) -> int:
-        weights = self.trainer.publish_weights()
+        """Publishes the learner's weights and blocks until every engine serves them; returns the version."""
+        weights = self.trainer.publish_weights()  # PolicyWeights, or a Ray handle to them: both carry .version
         self.generator.load_weights(weights)
-        return weights.version if hasattr(weights, "version") else self.policy_version + 1
+        return weights.version
 
     def _check_versions(self, groups: list[list[Completion]]) -> None:
         versions = {c.policy_version for group in groups for c in group}
