@@ -18,8 +18,8 @@ from jobs.base_model import ensure_base_model
 from jobs.cli import run_entry
 from jobs.rl_config import RLJobConfig
 from jobs.rl_report import write_rl_report
-from rl_platform.controller import Controller
-from rl_platform.evaluation import EvalSampling, evaluate_pass_rate
+from rl_platform.controller import Controller, SamplingConfig
+from rl_platform.evaluation import evaluate_pass_rate
 from rl_platform.model.tokenizer import load_tokenizer
 from rl_platform.run_dir import RunDir, setup_logging
 from rl_platform.tasks.prompts import ArithmeticPrompts
@@ -78,7 +78,7 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
         start = int(trainer.load_checkpoint(str(ckpt))["step"])
         controller.policy_version = controller.sync_weights()
         logger.info("resumed at step %d (policy version %d)", start, controller.policy_version)
-    eval_sampling = EvalSampling(max_tokens=config.eval.max_tokens)
+    eval_sampling = SamplingConfig(num_samples_per_prompt=1, max_tokens=config.eval.max_tokens, temperature=0.0)
 
     def evaluate(step: int) -> dict[str, float]:
         metrics = evaluate_pass_rate(generator, scorer, held_out, eval_sampling, config.loop.pass_threshold)

@@ -48,8 +48,8 @@ class SamplingConfig:
     """Always generate max_tokens (benchmarks use it to equalise work)."""
 
     def __post_init__(self) -> None:
-        check(self.num_samples_per_prompt >= 2, "SamplingConfig.num_samples_per_prompt", self.num_samples_per_prompt,
-              "must be >= 2 (group-relative advantages need a group)", "use 4-16")
+        check(self.num_samples_per_prompt >= 1, "SamplingConfig.num_samples_per_prompt", self.num_samples_per_prompt,
+              "must be >= 1", "use 4-16 for training (groups), 1 for evaluation")
         check(self.max_tokens >= 1, "SamplingConfig.max_tokens", self.max_tokens, "must be >= 1", "use 32-1024")
         check(self.temperature >= 0, "SamplingConfig.temperature", self.temperature, "must be >= 0", "use 1.0")
 
@@ -70,6 +70,11 @@ class ControllerConfig:
         check(self.num_steps >= 1, "ControllerConfig.num_steps", self.num_steps, "must be >= 1", "use e.g. 40")
         check(self.num_prompts_per_step >= 1, "ControllerConfig.num_prompts_per_step", self.num_prompts_per_step,
               "must be >= 1", "use 8-64")
+
+    def check_sampling(self, sampling: SamplingConfig) -> None:
+        check(sampling.num_samples_per_prompt >= 2, "sampling.num_samples_per_prompt",
+              sampling.num_samples_per_prompt, "must be >= 2 for training (group-relative advantages need a group)",
+              "use 4-16")
 
 
 class Timer:
@@ -104,6 +109,7 @@ class Controller:
         self.scorer = scorer
         self.trainer = trainer
         self.prompt_batch = prompt_batch
+        config.check_sampling(sampling)
         self.config = config
         self.sampling = sampling
         self.policy_version = policy_version

@@ -1,31 +1,18 @@
-"""Held-out evaluation through the same roles as training: generate (greedy by default), score, pass rate."""
+"""Held-out evaluation through the same roles as training: generate, score, pass rate (greedy pass@1 when
+sampling is SamplingConfig(num_samples_per_prompt=1, temperature=0))."""
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from rl_platform.controller import SamplingConfig
 from rl_platform.protocols import Generator, RewardScorer
 from rl_platform.types import Prompt
 
 
-@dataclass(kw_only=True, slots=True)
-class EvalSampling:
-    """Decoding for evaluation (the Generator reads the same fields as SamplingConfig)."""
-
-    num_samples_per_prompt: int = 1
-    max_tokens: int = 48
-    temperature: float = 0.0
-    """0 = greedy: pass@1 of the most likely answer."""
-    top_p: float = 1.0
-    top_k: int = -1
-    seed: int = 0
-    ignore_eos: bool = False
-
-
 def evaluate_pass_rate(generator: Generator, scorer: RewardScorer, prompts: Sequence[Prompt],
-                       sampling: EvalSampling, pass_threshold: float) -> dict[str, float]:
+                       sampling: SamplingConfig, pass_threshold: float) -> dict[str, float]:
     groups = generator.generate(prompts, sampling)
     flat_prompts = [p for p, g in zip(prompts, groups, strict=True) for _ in g]
     flat = [c for g in groups for c in g]
