@@ -16,7 +16,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +87,6 @@ def bench_trl(model: Path, prompts_n: int, group: int, tokens: int, steps: int) 
     import random
 
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from rl_platform.model.tokenizer import load_tokenizer
@@ -96,25 +94,18 @@ def bench_trl(model: Path, prompts_n: int, group: int, tokens: int, steps: int) 
 
     rng = random.Random(0)
     dataset = Dataset.from_dict({"prompt": [make_problem(rng).prompt for _ in range(prompts_n * steps * 2)]})
-    marks: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            marks.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kw):
-            marks.append(time.perf_counter())
-
     with tempfile.TemporaryDirectory() as out:
         config = GRPOConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=prompts_n * group,
                             num_generations=group, max_completion_length=tokens, learning_rate=LR,
                             logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
                             use_vllm=False, temperature=1.0, beta=0.0, dataloader_num_workers=0, seed=0,
-                            generation_kwargs={"min_new_tokens": tokens}, max_grad_norm=0.0, weight_decay=0.0)
+                            generation_kwargs={"min_new_tokens": tokens}, max_grad_norm=0.0, weight_decay=0.0,
+                            lr_scheduler_type="constant")
         trainer = GRPOTrainer(model=str(model), reward_funcs=digit_reward, args=config, train_dataset=dataset,
                               processing_class=load_tokenizer(model))
         trainer.train()
-    step_s = [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)]
+        # GRPOTrainer times each step itself (generation + scoring + loss + optimizer) as `step_time`.
+        step_s = [float(row["step_time"]) for row in trainer.state.log_history if "step_time" in row]
     generated = prompts_n * group * tokens
     return {"step_seconds": step_s, "generate_tokens_per_s_upper_bound": [generated / s for s in step_s]}
 
