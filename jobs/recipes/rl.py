@@ -34,6 +34,7 @@ def grpo_tiny_bf16_r3() -> RLJobConfig:
     config.loop.num_steps = 15
     config.loop.num_prompts_per_step = 16
     config.sampling.num_samples_per_prompt = 8
+    config.learner.optim.lr = 2e-4  # the side-by-side in the session notes was measured at 2e-4
     config.eval.every_steps = 0
     return config
 
