@@ -59,6 +59,7 @@ def grpo_smoke() -> RLJobConfig:
     config.eval.every_steps = 0
     config.checkpoint_every = 1
     config.learner.micro_batch_size = 8
+    config.learner.optim.lr = 2e-4  # two steps must visibly move a random-ish model (the tests check it)
     config.resources.num_reward_workers = 1
     config.rollout.max_model_len = 256
     return config
