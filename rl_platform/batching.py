@@ -74,7 +74,3 @@ def build_training_batch(rollouts: Sequence[Rollout], advantages: Sequence[float
             routes[i, : p + r - 1] = torch.from_numpy(rows.astype(np.int16))
     adv = torch.tensor([0.0 if a is None else a for a in advantages], dtype=torch.float32)
     return TrainingBatch(input_ids, attention, mask, gen_lp, adv, routes, int(mask.sum()))
-
-
-def microbatches(batch: TrainingBatch, size: int) -> list[TrainingBatch]:
-    return [batch.rows(slice(i, i + size)) for i in range(0, batch.input_ids_BS.shape[0], size)]
