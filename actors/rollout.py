@@ -36,11 +36,16 @@ class RolloutEngineConfig:
     enforce_eager: bool = True
     num_threads: int = 2
     """torch threads inside the engine process."""
+    max_num_seqs: int = 512
+    """Sequences the engine decodes at once. vLLM's CPU default is 256; a tiny model's decode step costs about
+    the same at 512, so the demo's 32 x 16 samples finish in one wave instead of two."""
 
     def __post_init__(self) -> None:
         check(self.num_workers >= 1, "RolloutEngineConfig.num_workers", self.num_workers, "must be >= 1", "use 1")
         check(self.dtype in ("float32", "bfloat16"), "RolloutEngineConfig.dtype", self.dtype,
               "must be float32 or bfloat16", "pick one")
+        check(self.max_num_seqs >= 1, "RolloutEngineConfig.max_num_seqs", self.max_num_seqs, "must be >= 1",
+              "use 256-1024")
 
 
 class RolloutWorker:
@@ -59,7 +64,7 @@ class RolloutWorker:
         start = time.perf_counter()
         self.llm = build_llm(model_path, dtype=config.dtype, seed=self.seed, max_model_len=config.max_model_len,
                              enable_routed_experts=True, enforce_eager=config.enforce_eager,
-                             kv_cache_gib=config.kv_cache_gib)
+                             kv_cache_gib=config.kv_cache_gib, max_num_seqs=config.max_num_seqs)
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
         self.calls = 0

@@ -65,6 +65,11 @@ class ControllerConfig:
     """GRPO's std normalisation; False gives Dr. GRPO's mean-only baseline."""
     pass_threshold: float = 1.0
     """A sample 'passes' when its reward is >= this (pass-rate metric)."""
+    skip_zero_signal_groups: bool = True
+    """Leave groups whose rewards are all equal out of the update. Their advantages are 0, so with no KL term
+    they add no gradient, only forward/backward work and tokens to the loss's denominator (DAPO's dynamic
+    sampling filter, without re-sampling). When kl_coef > 0 they would still pull towards the reference; set
+    False to keep them. A step whose every group is flat skips the update (`train/skipped`)."""
 
     def __post_init__(self) -> None:
         check(self.num_steps >= 1, "ControllerConfig.num_steps", self.num_steps, "must be >= 1", "use e.g. 40")
@@ -136,10 +141,14 @@ class Controller:
             group = rollouts[start:start + self.sampling.num_samples_per_prompt]
             advantages += group_advantages([r.reward.value for r in group],
                                            normalize_std=self.config.normalize_advantage_std)
-        with timer.phase("learn"):
-            learner_metrics = self.trainer.train_step(rollouts, advantages)
-        with timer.phase("sync"):
-            self.policy_version = self.sync_weights()
+        train_rows = self._rows_to_train(advantages)
+        learner_metrics = {"train/rows": float(len(train_rows)), "train/skipped": float(not train_rows)}
+        if train_rows:
+            with timer.phase("learn"):
+                learner_metrics.update(self.trainer.train_step([rollouts[i] for i in train_rows],
+                                                               [advantages[i] for i in train_rows]))
+            with timer.phase("sync"):
+                self.policy_version = self.sync_weights()
         metrics = {**rollout_metrics(rollouts, advantages, self.config, self.sampling), **learner_metrics,
                    **timer.metrics}
         generated = sum(len(r.completion.token_ids) for r in rollouts)
@@ -147,6 +156,16 @@ class Controller:
         metrics["perf/step_seconds"] = sum(timer.metrics.values())
         metrics["policy/version"] = float(self.policy_version)
         return metrics
+
+    def _rows_to_train(self, advantages: list[float | None]) -> list[int]:
+        G = self.sampling.num_samples_per_prompt
+        rows = []
+        for start in range(0, len(advantages), G):
+            group = range(start, min(start + G, len(advantages)))
+            flat = all(advantages[i] is None or abs(advantages[i]) < 1e-8 for i in group)
+            if not (flat and self.config.skip_zero_signal_groups):
+                rows.extend(group)
+        return rows
 
     def sync_weights(self) -> int:
         """Publishes the learner's weights and blocks until every engine serves them; returns the version."""

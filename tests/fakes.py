@@ -27,12 +27,18 @@ class FakeGenerator:
 
 
 class FakeScorer:
-    """Reward = the answer if it equals metadata['answer'] parity rule; sample index 3 fails."""
+    """Reward 1 for sample index 1, else 0; sample index 3 fails; every sample of a prompt in `flat_prompts`
+    scores 0 (a group with no learning signal)."""
+
+    def __init__(self, flat_prompts: frozenset[str] = frozenset()) -> None:
+        self.flat_prompts = flat_prompts
 
     def score(self, prompts, completions):
         out = []
         for c in completions:
-            if c.sample_index == 3:
+            if c.prompt_id in self.flat_prompts:
+                out.append(RewardResult(value=0.0, failed=False, reward_name="fake"))
+            elif c.sample_index == 3:
                 out.append(RewardResult(value=None, failed=True, reason="boom", reward_name="fake"))
             else:
                 out.append(RewardResult(value=float(c.sample_index == 1), failed=False, reward_name="fake"))

@@ -50,8 +50,10 @@ def _rollouts(model_dir, perturb_routes: bool):
 
 
 @pytest.mark.parametrize("mode", ["off", "R2", "R3"])
-def test_replay_modes_and_metrics(model_dir, mode):
-    learner = Learner(LearnerConfig(routing_replay=mode, micro_batch_size=3, num_minibatches=2), str(model_dir))
+@pytest.mark.parametrize("num_minibatches", [1, 2])
+def test_replay_modes_and_metrics(model_dir, mode, num_minibatches):
+    learner = Learner(LearnerConfig(routing_replay=mode, micro_batch_size=3, num_minibatches=num_minibatches),
+                      str(model_dir))
     before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
     rollouts, advantages = _rollouts(model_dir, perturb_routes=True)
     metrics = learner.train_on_rollouts(rollouts, advantages)
@@ -67,9 +69,50 @@ def test_replay_modes_and_metrics(model_dir, mode):
     assert set(changed) == set(before), set(before) - set(changed)
 
 
-def test_exact_routes_give_zero_train_infer_gap_in_float32(model_dir):
-    learner = Learner(LearnerConfig(routing_replay="R3"), str(model_dir))
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_exact_routes_give_zero_train_infer_gap_in_float32(model_dir, temperature):
+    # At temperature != 1 the loss scores logits / T, while the train-infer metrics still compare the
+    # temperature-1 log-probs the engine reports: the gap stays zero.
+    learner = Learner(LearnerConfig(routing_replay="R3", temperature=temperature), str(model_dir))
     metrics = learner.train_on_rollouts(*_rollouts(model_dir, perturb_routes=False))
     assert metrics["moe/route_mismatch"] == 0.0
     assert metrics["train/logprob_abs_diff_max"] < 1e-4
     assert metrics["train/kl_train_infer"] < 1e-8
+
+
+@pytest.mark.parametrize("mode", ["off", "R3"])
+def test_folding_the_old_forward_into_the_update_changes_nothing(model_dir, mode, monkeypatch):
+    """On-policy with one mini-batch the update's forward doubles as the old-policy forward; the step must be
+    the same as with the separate no-grad forward."""
+    import rl_platform.learner as learner_module
+
+    rollouts, advantages = _rollouts(model_dir, perturb_routes=True)
+    config = LearnerConfig(routing_replay=mode, micro_batch_size=3)
+    assert learner_module.folds_old_forward(config)
+    folded = Learner(config, str(model_dir))
+    folded_metrics = folded.train_on_rollouts(rollouts, advantages)
+    monkeypatch.setattr(learner_module, "folds_old_forward", lambda config: False)
+    separate = Learner(config, str(model_dir))
+    separate_metrics = separate.train_on_rollouts(rollouts, advantages)
+    for key, value in separate_metrics.items():
+        assert folded_metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key  # batch-shape float noise
+    assert folded_metrics["loss/ratio_mean"] == 1.0 and folded_metrics["loss/clip_frac"] == 0.0
+    for (name, a), (_, b) in zip(folded.model.named_parameters(), separate.model.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)  # Adam amplifies float noise; lr is 2e-4
+
+
+def test_the_loss_scores_the_sampling_temperature(model_dir):
+    rollouts, advantages = _rollouts(model_dir, perturb_routes=False)
+    entropy = {t: Learner(LearnerConfig(temperature=t), str(model_dir)).train_on_rollouts(rollouts, advantages)
+               ["policy/entropy"] for t in (1.0, 0.5)}
+    assert entropy[0.5] < 0.9 * entropy[1.0]  # a sharper distribution is what the loss sees
+
+
+def test_versions_count_distinct_weights(model_dir):
+    learner = Learner(LearnerConfig(), str(model_dir))
+    assert learner.publish_weights().version == 0  # the base weights
+    learner.train_on_rollouts(*_rollouts(model_dir, perturb_routes=False))
+    first = learner.publish_weights()
+    again = learner.publish_weights()  # e.g. a resumed run loading its engines
+    assert first.version == again.version == 1
+    assert all(torch.equal(first.tensors[n], again.tensors[n]) for n in first.tensors)

@@ -6,8 +6,8 @@ from rl_platform.controller import Controller, ControllerConfig, SamplingConfig
 from tests.fakes import FakeGenerator, FakeScorer, FakeTrainer, prompts
 
 
-def _controller(**loop):
-    gen, scorer, trainer = FakeGenerator(), FakeScorer(), FakeTrainer()
+def _controller(flat_prompts=frozenset(), **loop):
+    gen, scorer, trainer = FakeGenerator(), FakeScorer(flat_prompts), FakeTrainer()
     ctrl = Controller(gen, scorer, trainer, prompts, ControllerConfig(num_prompts_per_step=3, **loop),
                       SamplingConfig(num_samples_per_prompt=4, seed=100))
     return ctrl, gen, trainer
@@ -47,3 +47,26 @@ def test_stale_completions_are_refused():
     gen.version = 7  # an engine serving weights the learner never published
     with pytest.raises(RuntimeError, match=r"policy versions \[7\] but the learner is at 0"):
         ctrl.run_step(0)
+
+
+def test_groups_without_signal_are_left_out_of_the_update():
+    ctrl, gen, trainer = _controller(flat_prompts=frozenset({"train/0.1"}))
+    metrics = ctrl.run_step(0)
+    rollouts, advantages = trainer.seen[0]
+    assert [r.prompt.prompt_id for r in rollouts] == ["train/0.0"] * 4 + ["train/0.2"] * 4
+    assert metrics["train/rows"] == 8.0 and metrics["train/skipped"] == 0.0
+    assert metrics["reward/zero_signal_group_frac"] == pytest.approx(1 / 3)
+
+
+def test_flat_groups_are_kept_when_asked():
+    ctrl, _, trainer = _controller(flat_prompts=frozenset({"train/0.1"}), skip_zero_signal_groups=False)
+    ctrl.run_step(0)
+    assert len(trainer.seen[0][0]) == 12
+
+
+def test_a_step_with_only_flat_groups_skips_the_update_and_keeps_the_version():
+    ctrl, gen, trainer = _controller(flat_prompts=frozenset({"train/0.0", "train/0.1", "train/0.2"}))
+    metrics = ctrl.run_step(0)
+    assert trainer.seen == [] and gen.loaded == [] and ctrl.policy_version == 0
+    assert metrics["train/skipped"] == 1.0 and metrics["train/rows"] == 0.0
+    ctrl.run_step(1)  # the engine still serves version 0, which is what the controller expects
