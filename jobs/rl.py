@@ -63,8 +63,10 @@ def run(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> int:
 def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) -> int:
     from actors.remote import start_roles
 
+    # the loss must score tokens under the distribution the engine sampled them from
+    learner = dataclasses.replace(config.learner, temperature=config.sampling.temperature)
     generator, scorer, trainer = start_roles(model_path=str(base_path), rollout=config.rollout,
-                                             learner=config.learner, reward_config=config.reward,
+                                             learner=learner, reward_config=config.reward,
                                              resources=config.resources, seed=config.run.seed)
     tokenizer = load_tokenizer(base_path)
     prompts = ArithmeticPrompts(config.prompts, tokenizer, config.run.seed)
@@ -78,12 +80,18 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
         start = int(trainer.load_checkpoint(str(ckpt))["step"])
         controller.policy_version = controller.sync_weights()
         logger.info("resumed at step %d (policy version %d)", start, controller.policy_version)
-    eval_sampling = SamplingConfig(num_samples_per_prompt=1, max_tokens=config.eval.max_tokens, temperature=0.0)
+    greedy = SamplingConfig(num_samples_per_prompt=1, max_tokens=config.eval.max_tokens, temperature=0.0)
+    sampled = SamplingConfig(num_samples_per_prompt=max(1, config.eval.num_samples), max_tokens=config.eval.max_tokens,
+                             temperature=config.eval.temperature, seed=7_919)
 
     def evaluate(step: int) -> dict[str, float]:
-        metrics = evaluate_pass_rate(generator, scorer, held_out, eval_sampling, config.loop.pass_threshold)
+        metrics = evaluate_pass_rate(generator, scorer, held_out, greedy, config.loop.pass_threshold)
+        if config.eval.num_samples > 0:
+            metrics.update(evaluate_pass_rate(generator, scorer, held_out, sampled, config.loop.pass_threshold,
+                                              prefix="eval/sampled_"))
         run_dir.log_metrics(step, metrics)
-        logger.info("step %d held-out pass rate %.3f", step, metrics["eval/pass_rate"])
+        logger.info("step %d held-out pass rate: greedy %.3f, sampled %.3f", step, metrics["eval/pass_rate"],
+                    metrics.get("eval/sampled_pass_rate", float("nan")))
         return metrics
 
     first = evaluate(start) if start == 0 else None
@@ -102,8 +110,10 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
     trainer.save_checkpoint(str(ckpt), {"step": config.loop.num_steps})
     policy_dir = trainer.export(str(run_dir.path / "models" / "policy"))
     report = write_rl_report(run_dir.path, first, final, policy_dir)
-    print(f"held-out pass rate: before {first['eval/pass_rate'] if first else float('nan'):.3f} "
-          f"-> after {final['eval/pass_rate']:.3f}")
+    for key, label in (("eval/pass_rate", "greedy"), ("eval/sampled_pass_rate", "sampled")):
+        if key in final:
+            print(f"held-out pass rate ({label}): before {first[key] if first else float('nan'):.3f} "
+                  f"-> after {final[key]:.3f}")
     print(f"policy: {policy_dir}")
     print(f"report: {report}")
     return 0

@@ -29,12 +29,18 @@ class BaseModelConfig:
 
 @dataclass(kw_only=True, slots=True)
 class RLEvalConfig:
-    """Held-out evaluation (greedy pass@1 on prompts never seen in pretraining or RL training)."""
+    """Held-out evaluation on prompts never seen in pretraining or RL training: greedy pass@1 (`eval/pass_rate`)
+    and, when num_samples > 0, pass@1 at the sampling temperature estimated from num_samples samples per prompt
+    (`eval/sampled_pass_rate`, mean@k) with a fixed seed, so every evaluation sees the same random numbers."""
 
     num_prompts: int = 128
     every_steps: int = 10
     """Evaluate every N steps (and always before the first and after the last)."""
     max_tokens: int = 48
+    num_samples: int = 4
+    """Samples per prompt for the sampled pass rate (0: greedy only)."""
+    temperature: float = 1.0
+    """Temperature of the sampled pass rate (the rollout's, so it measures the policy being trained)."""
 
 
 @dataclass(kw_only=True, slots=True)

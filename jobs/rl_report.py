@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rl_platform.run_dir import read_metrics  # noqa: E402
 
 CURVES = [
-    ("reward", ["reward/mean", "reward/pass_rate", "eval/pass_rate"]),
+    ("reward", ["reward/mean", "reward/pass_rate", "eval/pass_rate", "eval/sampled_pass_rate"]),
     ("train_infer", ["train/kl_train_infer", "train/logprob_abs_diff_mean"]),
     ("routing", ["moe/route_mismatch", "moe/route_mismatch_during_update", "moe/extreme_token_frac_tau2"]),
 ]
@@ -38,8 +38,13 @@ def write_rl_report(run_dir: Path, first: dict | None, final: dict, policy_dir: 
         fig.savefig(report / f"rl_{name}.png", dpi=110)
         plt.close(fig)
     evals = [r for r in rows if "eval/pass_rate" in r]
-    before = evals[0]["eval/pass_rate"] if evals else float("nan")
-    after = final["eval/pass_rate"]
+    held_out = []
+    for key, label in (("eval/pass_rate", "greedy pass@1"), ("eval/sampled_pass_rate", "pass@1 at T, mean@k")):
+        if key in final:
+            before = evals[0].get(key, float("nan")) if evals else float("nan")
+            curve = ", ".join(f"{r[key]:.3f} (step {r['step']})" for r in evals if key in r)
+            held_out.append(f"- held-out {label}, {int(final['eval/num_prompts'])} prompts: "
+                            f"**{before:.3f} -> {final[key]:.3f}**; every evaluation: {curve}")
     steps = [r for r in rows if "reward/mean" in r]
 
     def mean_of(key: str, part: list[dict]) -> float:
@@ -50,7 +55,7 @@ def write_rl_report(run_dir: Path, first: dict | None, final: dict, policy_dir: 
     lines = [
         "# RL report", "",
         f"- policy exported to `{policy_dir}` (HF Ernie4.5-MoE, servable by vLLM)",
-        f"- held-out pass rate (greedy, {int(final['eval/num_prompts'])} prompts): **{before:.3f} -> {after:.3f}**",
+        *held_out,
         "", "| metric | first quarter of steps | last quarter |", "|---|---|---|",
     ]
     for key in ("reward/mean", "reward/pass_rate", "rollout/response_length_mean", "policy/entropy",

@@ -12,16 +12,18 @@ from rl_platform.types import Prompt
 
 
 def evaluate_pass_rate(generator: Generator, scorer: RewardScorer, prompts: Sequence[Prompt],
-                       sampling: SamplingConfig, pass_threshold: float) -> dict[str, float]:
+                       sampling: SamplingConfig, pass_threshold: float, prefix: str = "eval/") -> dict[str, float]:
+    """Pass rate over every sample: greedy pass@1 with one greedy sample per prompt, or pass@1 estimated from k
+    samples per prompt at the policy's temperature (mean@k, as DAPO and verl report it)."""
     groups = generator.generate(prompts, sampling)
     flat_prompts = [p for p, g in zip(prompts, groups, strict=True) for _ in g]
     flat = [c for g in groups for c in g]
     outcomes = scorer.score(flat_prompts, flat)
     values = [o.value for o in outcomes if not o.failed]
     return {
-        "eval/pass_rate": sum(v >= pass_threshold for v in values) / max(1, len(values)),
-        "eval/reward_mean": statistics.fmean(values) if values else float("nan"),
-        "eval/failed_count": float(sum(o.failed for o in outcomes)),
-        "eval/response_length_mean": statistics.fmean(len(c.token_ids) for c in flat) if flat else 0.0,
-        "eval/num_prompts": float(len(prompts)),
+        f"{prefix}pass_rate": sum(v >= pass_threshold for v in values) / max(1, len(values)),
+        f"{prefix}reward_mean": statistics.fmean(values) if values else float("nan"),
+        f"{prefix}failed_count": float(sum(o.failed for o in outcomes)),
+        f"{prefix}response_length_mean": statistics.fmean(len(c.token_ids) for c in flat) if flat else 0.0,
+        f"{prefix}num_prompts": float(len(prompts)),
     }
