@@ -32,6 +32,20 @@ def pretrain_tiny_baseline() -> PretrainJobConfig:
 
 
 @recipe("pretrain")
+def pretrain_needle_tiny() -> PretrainJobConfig:
+    """The tiny model shape trained at 1K context on needle retrieval (a 4-digit key hidden in 4-70 filler
+    sentences, asked for at the end) plus story text: the long-context model RRAttention is evaluated on
+    (`python benchmarks/rrattention_recovery.py`). Not elastic: the evaluation is about attention."""
+    config = pretrain_tiny()
+    config.elastic.enabled = False
+    config.data = PretrainDataConfig(seq_len=1024, tokenizer_vocab_size=512, arithmetic_weight=0.0,
+                                     story_weight=0.1, glyph_weight=0.0, needle_weight=0.9,
+                                     needle_filler_sentences=70, needle_min_filler_sentences=4)
+    config.loop = PretrainLoopConfig(num_steps=1000, micro_batch_size=4, grad_accum_steps=1, max_minutes=20.0)
+    return config
+
+
+@recipe("pretrain")
 def pretrain_smoke() -> PretrainJobConfig:
     """A few steps of a very small model: for tests and for checking a setup in under a minute."""
     config = pretrain_tiny()

@@ -121,15 +121,19 @@ def glyph_document(rng: random.Random, split: str) -> Document:
     return _draw(rng, split, make)
 
 
-def needle_document(rng: random.Random, split: str, num_filler_sentences: int = 40) -> Document:
-    """Filler story sentences with 'The secret key is NNNN.' inserted at a random depth, then the question."""
+def needle_document(rng: random.Random, split: str, num_filler_sentences: int = 40,
+                    min_filler_sentences: int = 0) -> Document:
+    """Filler story sentences with 'The secret key is NNNN.' inserted at a random depth, then the question.
+    With min_filler_sentences > 0 the filler count is drawn from [min, num] per document (short documents carry
+    more retrieval examples per token, which is what makes a tiny model learn the retrieval quickly)."""
 
     def make(r: random.Random):
         key = f"{r.randint(1000, 9999)}"
+        count = r.randint(min_filler_sentences, num_filler_sentences) if min_filler_sentences else num_filler_sentences
         filler = story_document(r, "train").text.split(". ")
-        while len(filler) < num_filler_sentences:
+        while len(filler) < count:
             filler += story_document(r, "train").text.split(". ")
-        filler = filler[:num_filler_sentences]
+        filler = filler[:count]
         filler.insert(r.randint(0, len(filler)), f"The secret key is {key}")
         text = ". ".join(filler).rstrip(".") + f". Question: what is the secret key? Answer: {key}"
         return key + str(r.random()), Document("needle", text)

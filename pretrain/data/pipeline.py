@@ -48,6 +48,8 @@ class PretrainDataConfig:
     """Largest operand size of arithmetic problems."""
     needle_filler_sentences: int = 40
     """Filler sentences around the needle (about 10 tokens each)."""
+    needle_min_filler_sentences: int = 0
+    """When > 0, each needle document draws its filler count from [this, needle_filler_sentences]."""
     tokenizer_vocab_size: int = 512
     """BPE vocabulary size (including special and modality tokens)."""
     tokenizer_train_documents: int = 3000
@@ -59,6 +61,9 @@ class PretrainDataConfig:
         check(all(w >= 0 for w in weights.values()) and sum(weights.values()) > 0,
               "PretrainDataConfig.*_weight", weights, "must be >= 0 with a positive sum",
               "give at least one domain a positive weight")
+        check(0 <= self.needle_min_filler_sentences <= self.needle_filler_sentences,
+              "PretrainDataConfig.needle_min_filler_sentences", self.needle_min_filler_sentences,
+              f"must be in [0, needle_filler_sentences={self.needle_filler_sentences}]", "use e.g. 5")
         check(self.user_weight == 0 or len(self.user_files) > 0, "PretrainDataConfig.user_weight",
               self.user_weight, "is set but user_files is empty", "list files in data.user_files")
         for path in self.user_files:
@@ -122,7 +127,8 @@ class DocumentSource:
         if domain == "arithmetic":
             return GENERATORS[domain](rng, self.split, self.config.max_digits)
         if domain == "needle":
-            return GENERATORS[domain](rng, self.split, self.config.needle_filler_sentences)
+            return GENERATORS[domain](rng, self.split, self.config.needle_filler_sentences,
+                                      self.config.needle_min_filler_sentences)
         return GENERATORS[domain](rng, self.split)
 
 

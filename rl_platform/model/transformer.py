@@ -76,8 +76,10 @@ class Attention(nn.Module):
         if self.config.attention_backend == "rrattention" and mask_B1SS is None:
             from kernels.rrattention.op import rr_attention
 
-            out, _, _ = rr_attention(q, k, v, block_size=self.config.rr_block_size, stride=self.config.rr_stride,
-                                     tau=self.config.rr_tau)
+            out, _, sparsity = rr_attention(q, k, v, block_size=self.config.rr_block_size,
+                                            stride=self.config.rr_stride, tau=self.config.rr_tau)
+            # kept for evaluation (share of causal blocks skipped in this layer's last prefill)
+            self.last_block_sparsity = float(sparsity)
         elif mask_B1SS is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
