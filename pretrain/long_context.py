@@ -127,11 +127,13 @@ def default_variants(block_size: int, stride: int,
 
 def markdown_table(rows: list[dict[str, float | str]], num_samples: int, seq_len: float) -> str:
     lines = [f"{num_samples} held-out needle documents, mean length {seq_len:.0f} tokens", "",
-             "| attention | block / stride | block sparsity | retrieval acc | recovery | answer NLL | doc PPL | "
-             "top-1 agree w/ dense |", "|---|---|---|---|---|---|---|---|"]
+             "| attention | block / stride | block sparsity | doc PPL | PPL vs dense | top-1 agree w/ dense | "
+             "retrieval acc | retrieval recovery | answer NLL |", "|---|---|---|---|---|---|---|---|---|"]
+    dense_ppl = rows[0]["doc_ppl"]
     for r in rows:
         shape = "-" if r["variant"] == "dense" else f"{r['block_size']} / {r['stride']}"
-        lines.append(f"| {r['variant']} | {shape} | {r['block_sparsity']:.3f} | "
-                     f"{r['retrieval_acc']:.3f} | {r['retrieval_recovery']:.3f} | {r['answer_nll']:.3f} | "
-                     f"{r['doc_ppl']:.3f} | {r['top1_agree']:.4f} |")
+        recovery = "n/a (dense 0)" if math.isnan(r["retrieval_recovery"]) else f"{r['retrieval_recovery']:.3f}"
+        lines.append(f"| {r['variant']} | {shape} | {r['block_sparsity']:.3f} | {r['doc_ppl']:.3f} | "
+                     f"{100 * (r['doc_ppl'] / dense_ppl - 1):+.1f} % | {r['top1_agree']:.4f} | "
+                     f"{r['retrieval_acc']:.3f} | {recovery} | {r['answer_nll']:.3f} |")
     return "\n".join(lines)

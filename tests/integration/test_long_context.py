@@ -2,7 +2,13 @@
 
 import pytest
 
-from pretrain.long_context import AttentionVariant, default_variants, evaluate_variants, needle_samples
+from pretrain.long_context import (
+    AttentionVariant,
+    default_variants,
+    evaluate_variants,
+    markdown_table,
+    needle_samples,
+)
 from rl_platform.model.hf_interop import load_hf
 from rl_platform.model.tokenizer import load_tokenizer
 
@@ -34,6 +40,8 @@ def test_tau_one_is_dense_and_lower_tau_skips_blocks(model_and_samples):
     assert 0.2 < half["block_sparsity"] < 1.0
     assert half["doc_nll"] != dense["doc_nll"]
     assert model.config.attention_backend == "dense"  # the evaluation restores the model's own backend
+    table = markdown_table(list(rows.values()), len(samples), 200.0)
+    assert "| dense | - | 0.000 |" in table and "| rr tau=0.5 | 16 / 4 |" in table
 
 
 def test_the_first_variant_must_be_dense(model_and_samples):
