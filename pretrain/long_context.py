@@ -75,8 +75,8 @@ def _forward(model: MoETransformer, variant: AttentionVariant, ids_1S: torch.Ten
     try:
         with torch.no_grad():
             logits = model.logits(model(ids_1S).hidden_BSD)[0].float()
-        sparsity = [layer.self_attn.last_block_sparsity for layer in model.layers] if variant.backend != "dense" \
-            else [0.0]
+        sparsity = [float(layer.self_attn.last_block_sparsity) for layer in model.layers] \
+            if variant.backend != "dense" else [0.0]
     finally:
         config.attention_backend, config.rr_tau, config.rr_block_size, config.rr_stride = saved
     return logits, statistics.fmean(sparsity)

@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -161,10 +161,8 @@ class Controller:
         G = self.sampling.num_samples_per_prompt
         rows = []
         for start in range(0, len(advantages), G):
-            group = range(start, min(start + G, len(advantages)))
-            flat = all(advantages[i] is None or abs(advantages[i]) < 1e-8 for i in group)
-            if not (flat and self.config.skip_zero_signal_groups):
-                rows.extend(group)
+            if not (self.config.skip_zero_signal_groups and is_flat_group(advantages[start:start + G])):
+                rows.extend(range(start, min(start + G, len(advantages))))
         return rows
 
     def sync_weights(self) -> int:
@@ -181,6 +179,11 @@ class Controller:
                                "--resume) or an engine serves stale weights")
 
 
+def is_flat_group(advantages: Sequence[float | None]) -> bool:
+    """No learning signal: every scored sample of the group has a zero advantage (failed ones have None)."""
+    return all(a is None or abs(a) < 1e-8 for a in advantages)
+
+
 def rollout_metrics(rollouts: list[Rollout], advantages: list[float | None], config: ControllerConfig,
                     sampling: SamplingConfig) -> dict[str, float]:
     values = [r.reward.value for r in rollouts if not r.reward.failed and r.reward.value is not None]
@@ -194,8 +197,8 @@ def rollout_metrics(rollouts: list[Rollout], advantages: list[float | None], con
     G = sampling.num_samples_per_prompt
     flat_groups = 0
     for start in range(0, len(rollouts), G):
-        group = [a for a in advantages[start:start + G] if a is not None]
-        flat_groups += bool(group) and all(abs(a) < 1e-8 for a in group)
+        group = advantages[start:start + G]
+        flat_groups += any(a is not None for a in group) and is_flat_group(group)
     shadow = [r.reward.shadow_value for r in rollouts if r.reward.shadow_value is not None]
     out = {
         "reward/mean": statistics.fmean(values) if values else float("nan"),

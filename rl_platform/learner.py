@@ -117,8 +117,7 @@ class _Observed:
     def record(self, rows, logprobs_BS, out) -> None:
         self.logprobs_BS[rows] = logprobs_BS
         if self.live_BSLK is not None:
-            live = out.live_routes_BSLK if out.live_routes_BSLK is not None else out.routes_BSLK
-            self.live_BSLK[rows] = live[..., : self.live_BSLK.shape[-1]].to(self.live_BSLK.dtype)
+            self.live_BSLK[rows] = out.live_routes_BSLK[..., : self.live_BSLK.shape[-1]].to(self.live_BSLK.dtype)
 
     def metrics(self) -> dict[str, float]:
         b = self.batch

@@ -78,8 +78,9 @@ class Attention(nn.Module):
 
             out, _, sparsity = rr_attention(q, k, v, block_size=self.config.rr_block_size,
                                             stride=self.config.rr_stride, tau=self.config.rr_tau)
-            # kept for evaluation (share of causal blocks skipped in this layer's last prefill)
-            self.last_block_sparsity = float(sparsity)
+            # kept for evaluation (share of causal blocks skipped in this layer's last prefill); a tensor, so the
+            # forward never waits on the device for it
+            self.last_block_sparsity = sparsity.detach()
         elif mask_B1SS is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
