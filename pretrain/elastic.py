@@ -1,4 +1,4 @@
-"""Elastic sub-model sampling (ERNIE 5.0 "once-for-all" training, PAPERS.md 1.3).
+"""Elastic sub-model sampling (ERNIE 5.0 "once-for-all" training, docs/algorithms.md, 'Elastic training').
 
 Each training instance (a packed row) draws its own sub-model; all rows of the global batch run in one
 forward and one backward (rl_platform.model handles mixed sub-models per row). The three dimensions are

@@ -1,4 +1,4 @@
-"""SimReg: similarity regularisation of final-layer hidden states (arXiv:2605.08809, PAPERS.md 6).
+"""SimReg: similarity regularisation of final-layer hidden states (arXiv:2605.08809, docs/algorithms.md, 'SimReg').
 
 Tokens with the same next-token label inside one document are pulled together and tokens with different
 labels pushed apart. The paper's exact loss is not published; both candidate forms are here behind a flag:

@@ -4,8 +4,8 @@ There is no model hub here, so the reward model's tokenizer is trained on the ta
 are split one per token (`Digits(individual_digits=True)`) because arithmetic checking is per column: a
 BPE merge like "43" would hide the digit a corrupted step changed.
 
-TODO(lead): point this at the project tokenizer once pretrain/ publishes one; the reward model must share
-the policy's tokenizer only if it scores token ids, which it does not (it re-tokenizes text).
+It is deliberately separate from the policy's tokenizer: the reward model re-tokenizes text, so it never
+needs the policy's token ids, and a swapped policy (a user's checkpoint) leaves the reward model valid.
 """
 
 from __future__ import annotations

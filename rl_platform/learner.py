@@ -12,7 +12,7 @@ old weights with the same routes, so its detached log-probs ARE the old log-prob
 the live routes it computes alongside the forced ones give the mismatch metrics. That saves one forward
 over the batch (measured on the demo: learn phase 4.9 s -> 2.1 s per step together with skipping flat groups).
 Failed samples (reward None) are masked out of the loss; they were counted by the controller.
-Replay mode semantics and why R3 matters for MoE: PAPERS.md sections 2-3.
+Replay mode semantics and why R3 matters for MoE: docs/routing_replay.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Train-infer mismatch and MoE routing-disagreement metrics (R3 paper, PAPERS.md 2).
+"""Train-infer mismatch and MoE routing-disagreement metrics (R3 paper; docs/routing_replay.md).
 
 - `train/kl_train_infer`: k3 estimate of KL(pi_infer || pi_train) on the sampled tokens,
   mean_t [ r_t - 1 - log r_t ],  r_t = pi_train(y_t) / pi_infer(y_t);

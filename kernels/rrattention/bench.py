@@ -4,7 +4,7 @@ Usage: python -m kernels.rrattention.bench [--out results.json] [--device cuda|c
 Reports ms of the estimate, the sparse attention and the whole op, the mask sparsity, and TFLOP/s of the whole
 op counted as the equivalent dense causal attention (2 * 2 * B * H * L^2 / 2 * d), i.e. "effective" throughput.
 The [L, L] reference only runs up to L = 8192 (its scores take B * H * L^2 * 4 bytes). Random q/k/v have flat
-attention, so tau = 0.95 prunes little here; real long prompts reach ~45-50 % (PAPERS.md section 7 item 11).
+attention, so tau = 0.95 prunes little here; real long prompts reach ~45-50 % (docs/algorithms.md, 'RRAttention').
 Shape legend: B batch, H query heads, G kv heads, L seq len, d head dim.
 """
 

