@@ -29,7 +29,9 @@ def ensure_base_model(config: BaseModelConfig) -> Path:
         raise ConfigError(f"base_model.pretrain_recipe={config.pretrain_recipe!r} is unknown; "
                           f"choose one of {sorted(recipes)}")
     pretrain_config = recipes[config.pretrain_recipe]()
-    digest = hashlib.sha1(json.dumps(config_to_dict(pretrain_config), sort_keys=True).encode()).hexdigest()[:10]
+    tree = config_to_dict(pretrain_config)
+    tree.pop("checkpoint", None)  # how checkpoints are kept does not change the model: same cache entry
+    digest = hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:10]
     root = Path(config.cache_dir) / f"{config.pretrain_recipe}-{digest}"
     model_dir = root / "models" / "full"
     if (root / "models" / "family.json").exists():
@@ -39,7 +41,7 @@ def ensure_base_model(config: BaseModelConfig) -> Path:
     pretrain_config.run.run_dir = str(root)
     run_dir = RunDir.create(pretrain_config.run, config.pretrain_recipe, pretrain_config)
     try:
-        run_pretraining(pretrain_config, run_dir.path, run_dir.log_metrics)
+        run_pretraining(pretrain_config, run_dir.path, run_dir.log_metrics, run_files=run_dir)
     finally:
         run_dir.close()
     return model_dir

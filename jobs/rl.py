@@ -17,11 +17,14 @@ from pathlib import Path
 from jobs.base_model import ensure_base_model
 from jobs.cli import run_entry
 from jobs.rl_config import RLJobConfig
+from jobs.rl_recovery import ROLE, GuardedTrainer, LearnerFailed, RLCheckpoints, learner_failure_message
 from jobs.rl_report import write_rl_report
+from rl_platform.checkpointing import CheckpointError, CheckpointStore
 from rl_platform.controller import Controller, SamplingConfig
 from rl_platform.evaluation import evaluate_pass_rate
 from rl_platform.model.tokenizer import load_tokenizer
 from rl_platform.run_dir import RunDir, setup_logging
+from rl_platform.shutdown import GracefulStop, resume_command
 from rl_platform.tasks.prompts import ArithmeticPrompts
 
 logger = logging.getLogger(__name__)
@@ -47,11 +50,18 @@ def run(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> int:
     if args.resume and not config.run.run_dir:
         print("error: jobs.rl: --resume needs --run-dir <the run to continue>", file=sys.stderr)
         return 2
+    if args.resume:  # before anything starts: a resume with nothing to resume from is an error, not a fresh run
+        try:
+            CheckpointStore(Path(config.run.run_dir) / "checkpoints" / ROLE, config.checkpoint).require_newest_valid()
+        except CheckpointError as exc:
+            print(f"error: jobs.rl: --resume: {exc}", file=sys.stderr)
+            return 2
     base_path = ensure_base_model(config.base_model)
     run_dir = RunDir.create(config.run, recipe, config)
     started = _start_ray(args.address, num_cpus=max(2, os.cpu_count() or 2))
     try:
-        return _train(config, run_dir, base_path, resume=args.resume)
+        with GracefulStop() as stop:  # after ray.init, which installs its own SIGTERM handler
+            return _train_with_restarts(config, run_dir, base_path, args.resume, stop)
     finally:
         run_dir.close()
         if started:
@@ -60,24 +70,64 @@ def run(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> int:
             ray.shutdown()
 
 
-def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) -> int:
+def _train_with_restarts(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool,
+                         stop: GracefulStop) -> int:
+    """`_train`, restarted from the newest checkpoint up to `loop.auto_resume` times when the learner fails."""
+    checkpoints = RLCheckpoints(run_dir, config.checkpoint)
+    restarts = 0
+    while True:
+        try:
+            return _train(config, run_dir, base_path, resume, stop, checkpoints)
+        except LearnerFailed as failure:
+            if restarts >= config.loop.auto_resume:
+                print(learner_failure_message(failure, checkpoints, run_dir), file=sys.stderr)
+                return 1
+            restarts += 1
+            newest = checkpoints.newest()
+            logger.error("%s; auto_resume %d/%d: restarting the roles from %s", failure, restarts,
+                         config.loop.auto_resume, newest.path if newest else "step 0 (no checkpoint yet)")
+            resume = newest is not None
+            if newest is None:
+                run_dir.truncate_jsonl({})
+
+
+def _stop_roles(*clients: object) -> None:
+    """Kills the actors behind the role clients (a restart starts new ones; the old may hold the cores)."""
+    import ray
+
+    for client in clients:
+        for handle in [*getattr(client, "handles", []), *filter(None, [getattr(client, "handle", None)])]:
+            ray.kill(handle)
+
+
+def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, stop: GracefulStop,
+           checkpoints: RLCheckpoints) -> int:
     from actors.remote import start_roles
 
     # the loss must score tokens under the distribution the engine sampled them from
     learner = dataclasses.replace(config.learner, temperature=config.sampling.temperature)
-    generator, scorer, trainer = start_roles(model_path=str(base_path), rollout=config.rollout,
-                                             learner=learner, reward_config=config.reward,
-                                             resources=config.resources, seed=config.run.seed)
+    generator, scorer, remote_trainer = start_roles(model_path=str(base_path), rollout=config.rollout,
+                                                    learner=learner, reward_config=config.reward,
+                                                    resources=config.resources, seed=config.run.seed)
+    try:
+        return _loop(config, run_dir, base_path, resume, stop, checkpoints, generator, scorer,
+                     GuardedTrainer(remote_trainer))
+    except LearnerFailed:
+        _stop_roles(generator, scorer, remote_trainer)
+        raise
+
+
+def _loop(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, stop: GracefulStop,
+          checkpoints: RLCheckpoints, generator, scorer, trainer: GuardedTrainer) -> int:
     tokenizer = load_tokenizer(base_path)
     prompts = ArithmeticPrompts(config.prompts, tokenizer, config.run.seed)
     held_out = prompts.held_out(config.eval.num_prompts)
     sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + 1_000_003 * config.run.seed)
     controller = Controller(generator, scorer, trainer, prompts.train_batch, config.loop, sampling,
                             record_rollouts=run_dir.log_rollouts)
-    ckpt = run_dir.checkpoints / "rl"
     start = 0
-    if resume and (ckpt / "latest").exists():
-        start = int(trainer.load_checkpoint(str(ckpt))["step"])
+    if resume:
+        start = checkpoints.resume(trainer)
         controller.policy_version = controller.sync_weights()
         logger.info("resumed at step %d (policy version %d)", start, controller.policy_version)
     greedy = SamplingConfig(num_samples_per_prompt=1, max_tokens=config.eval.max_tokens, temperature=0.0)
@@ -96,18 +146,24 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
 
     first = evaluate(start) if start == 0 else None
     for step in range(start, config.loop.num_steps):
+        if stop.requested:  # a signal during start-up or an evaluation: nothing of this step ran yet
+            return _stopped(checkpoints, trainer, run_dir, step, stop)
+        trainer.step = step
         metrics = controller.run_step(step)
         run_dir.log_metrics(step + 1, metrics)
         logger.info("step %d reward %.3f pass %.3f kl_ti %.2e mismatch %.3f (%.1f s)", step + 1,
                     metrics["reward/mean"], metrics["reward/pass_rate"], metrics.get("train/kl_train_infer", 0.0),
                     metrics.get("moe/route_mismatch", 0.0), metrics["perf/step_seconds"])
         last = step + 1 == config.loop.num_steps
-        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and not last:
-            trainer.save_checkpoint(str(ckpt), {"step": step + 1})
-        if config.eval.every_steps and (step + 1) % config.eval.every_steps == 0 and not last:
+        # evaluate before checkpointing, so a checkpoint covers every row logged for its step
+        if config.eval.every_steps and (step + 1) % config.eval.every_steps == 0 and not last and not stop.requested:
             evaluate(step + 1)
+        if stop.requested and not last:
+            return _stopped(checkpoints, trainer, run_dir, step + 1, stop)
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and not last:
+            checkpoints.save(trainer, step + 1)
     final = evaluate(config.loop.num_steps)
-    trainer.save_checkpoint(str(ckpt), {"step": config.loop.num_steps})
+    checkpoints.save(trainer, config.loop.num_steps)
     policy_dir = trainer.export(str(run_dir.path / "models" / "policy"))
     report = write_rl_report(run_dir.path, first, final, policy_dir)
     for key, label in (("eval/pass_rate", "greedy"), ("eval/sampled_pass_rate", "sampled")):
@@ -116,6 +172,14 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
                   f"-> after {final[key]:.3f}")
     print(f"policy: {policy_dir}")
     print(f"report: {report}")
+    return 0
+
+
+def _stopped(checkpoints: RLCheckpoints, trainer: GuardedTrainer, run_dir: RunDir, step: int,
+             stop: GracefulStop) -> int:
+    info = checkpoints.save(trainer, step)
+    print(f"stopped after step {step} ({stop.reason}); checkpoint {info.path}. Continue with:\n  "
+          f"{resume_command('jobs.rl', run_dir.path)}")
     return 0
 
 
