@@ -213,6 +213,8 @@ class PythonCodeVerifier:
         self.config = config
         self.version = config_version(config, *([Path(config.tests_file).read_text()] if config.tests_file else []))
         self.pass_threshold = 1.0
+        self._generation = 0
+        """Bumped by cancel(): samples of an older batch not yet started are failed instead of run."""
 
     @cached_property
     def task_tests(self) -> dict[str, list[CallTest]]:
@@ -237,7 +239,13 @@ class PythonCodeVerifier:
         except ValueError as exc:
             return Failure(f"bad_test: {exc}")
 
-    def score_one(self, sample: RewardInput) -> float | Failure | RewardResult:
+    def cancel(self) -> None:
+        """Called by the guard when a batch times out: its samples still queued are not run."""
+        self._generation += 1
+
+    def score_one(self, sample: RewardInput, generation: int | None = None) -> float | Failure | RewardResult:
+        if generation is not None and generation != self._generation:
+            return Failure("cancelled: the batch ran out of time before this sample started")
         tests = self.tests_for(sample)
         if isinstance(tests, Failure):
             return tests
@@ -260,5 +268,6 @@ class PythonCodeVerifier:
                             reward_version=self.version)
 
     def score_batch(self, samples: Sequence[RewardInput]) -> list[float | Failure | RewardResult]:
+        generation = self._generation
         with ThreadPoolExecutor(max_workers=self.config.max_parallel) as pool:
-            return list(pool.map(self.score_one, samples))
+            return list(pool.map(lambda sample: self.score_one(sample, generation), samples))

@@ -23,7 +23,7 @@ BOOTSTRAP = r"""
 import ctypes, json, os, resource, sys
 p = json.loads(sys.argv[1])
 libc = ctypes.CDLL(None, use_errno=True)
-SETUP_EXIT = %(setup_exit)d
+SETUP_EXIT = @SETUP_EXIT@
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 4096, 16384, 1 << 18, 1 << 21
 
@@ -158,4 +158,4 @@ del p, libc, install_guard, build_root, reap, drop_privileges, mount, fail, lock
 sys.argv = [entry]
 import runpy
 runpy.run_path(entry, run_name="__main__")
-""" % {"setup_exit": SETUP_EXIT}
+""".replace("@SETUP_EXIT@", str(SETUP_EXIT))
