@@ -252,7 +252,7 @@ class CheckpointStore:
 def checkpoint_to_load(path: Path | str) -> Path:
     """`path` itself if it is one checkpoint (it has a manifest), else the newest valid one under it."""
     path = Path(path)
-    if (path / MANIFEST).exists():
+    if (path / MANIFEST).exists() or _TAG_RE.fullmatch(path.name):
         problem = CheckpointStore(path.parent).problem(path)
         if problem is not None:
             raise CheckpointError(f"checkpoint {path} is incomplete or corrupt: {problem}")
