@@ -16,10 +16,12 @@ from pathlib import Path
 
 from jobs.base_model import ensure_base_model
 from jobs.cli import run_entry
+from jobs.preflight import check_base_model, check_ray_address
 from jobs.rl_config import RLJobConfig
 from jobs.rl_recovery import ROLE, GuardedTrainer, LearnerFailed, RLCheckpoints, learner_failure_message
 from jobs.rl_report import write_rl_report
 from rl_platform.checkpointing import CheckpointError, CheckpointStore
+from rl_platform.config import ConfigError
 from rl_platform.controller import Controller, SamplingConfig
 from rl_platform.evaluation import evaluate_pass_rate
 from rl_platform.model.tokenizer import load_tokenizer
@@ -47,16 +49,11 @@ def _start_ray(address: str | None, num_cpus: int) -> bool:
 
 def run(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> int:
     setup_logging("driver")
-    if args.resume and not config.run.run_dir:
-        print("error: jobs.rl: --resume needs --run-dir <the run to continue>", file=sys.stderr)
+    try:
+        base_path = _preflight(config, args)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: jobs.rl: {exc}", file=sys.stderr)
         return 2
-    if args.resume:  # before anything starts: a resume with nothing to resume from is an error, not a fresh run
-        try:
-            CheckpointStore(Path(config.run.run_dir) / "checkpoints" / ROLE, config.checkpoint).require_newest_valid()
-        except CheckpointError as exc:
-            print(f"error: jobs.rl: --resume: {exc}", file=sys.stderr)
-            return 2
-    base_path = ensure_base_model(config.base_model)
     run_dir = RunDir.create(config.run, recipe, config)
     started = _start_ray(args.address, num_cpus=max(2, os.cpu_count() or 2))
     try:
@@ -68,6 +65,25 @@ def run(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> int:
             import ray
 
             ray.shutdown()
+
+
+def _preflight(config: RLJobConfig, args: argparse.Namespace) -> Path:
+    """Everything checkable before Ray starts (docs/fault_tolerance.md, 'Bad input'); returns the base model."""
+    if args.resume and not config.run.run_dir:
+        raise ConfigError("--resume needs --run-dir <the run to continue>")
+    if args.resume:  # a resume with nothing to resume from is an error, never a silent fresh start
+        try:
+            CheckpointStore(Path(config.run.run_dir) / "checkpoints" / ROLE, config.checkpoint).require_newest_valid()
+        except CheckpointError as exc:
+            raise CheckpointError(f"--resume: {exc}") from None
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_ray_address(address)
+    if config.base_model.path:
+        check_base_model(config.base_model.path)
+    base_path = ensure_base_model(config.base_model)
+    check_base_model(base_path)
+    return base_path
 
 
 def _train_with_restarts(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool,

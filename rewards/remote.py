@@ -135,7 +135,10 @@ class RemoteScorer:
         last_error = ""
         for attempt in range(attempts):
             if attempt:
-                time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
+                wait = self.config.backoff_s * 2 ** (attempt - 1)
+                logger.warning("remote reward %s: attempt %d/%d failed (%s); retrying in %.1f s", self.config.url,
+                               attempt, attempts, last_error[:200], wait)
+                time.sleep(wait)
             with self._lock:
                 self.num_requests += 1
             try:
