@@ -21,7 +21,8 @@ class MoEModelConfig:
     hidden_size: int = 128
     """Model dim D."""
     num_layers: int = 4
-    """Decoder layers; every layer has an MoE FFN (no dense first layer, see docs/algorithms.md, 'Aux-loss-free balancing and routing diagnostics')."""
+    """Decoder layers; every layer has an MoE FFN (no dense first layer, see docs/algorithms.md,
+    'Aux-loss-free balancing and routing diagnostics')."""
     num_heads: int = 4
     """Query heads."""
     num_kv_heads: int = 2
