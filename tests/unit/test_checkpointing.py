@@ -141,8 +141,8 @@ def test_run_logs_are_cut_back_to_the_checkpoint_offsets(tmp_path):
 
 
 def test_resume_command_pins_the_run_dir_and_adds_resume():
-    assert resume_command("jobs.rl", "runs/x", ["--recipe", "grpo_tiny", "--set", "a=b"]) == \
-        "python -m jobs.rl --recipe grpo_tiny --set a=b --run-dir runs/x --resume"
+    assert resume_command("jobs.rl", "runs/x", ["--recipe", "grpo_tiny", "--set", "loop.num_steps=3"]) == \
+        "python -m jobs.rl --recipe grpo_tiny --set loop.num_steps=3 --run-dir runs/x --resume"
     assert resume_command("jobs.rl", "runs/x", ["--run-dir", "r y", "--resume"]) == \
         "python -m jobs.rl --run-dir 'r y' --resume"
 
@@ -179,7 +179,8 @@ def test_first_signal_finishes_the_step_and_exits_zero(signum):
 
 
 def test_second_signal_exits_at_once():
-    script = _STOPPABLE.replace("time.sleep(0.05)", "time.sleep(0.05) if not stop.requested else time.sleep(60)")
+    script = _STOPPABLE.replace('print(f"stopped after', 'time.sleep(60)  # a checkpoint that takes long\n'
+                                '                print(f"stopped after')
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout.readline().strip() == "ready"
