@@ -8,7 +8,7 @@ other samples of its prompt.
 
 Failed samples (reward None) take no part: they are excluded from the group statistics and get no advantage
 (the learner masks them out of the loss). A group whose rewards are all equal gives zero advantages (no
-learning signal), which the caller counts. docs/algorithms.md, 'Advantage estimators'.
+learning signal), which the caller counts. docs/rl_algorithms.md, 'Advantage estimators'.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ finish the solution, and the regenerated group replaces the failed one in the up
 
 t is the RL step; pass_x_initial is the query's pass rate under the initial policy. Hint tokens are part of
 the prompt, so the loss never trains on them; the verifier scores the completion (which must still end with
-the answer line). Choices the paper leaves open (docs/algorithms.md, 'AHRL'):
+the answer line). Choices the paper leaves open (docs/rl_algorithms.md, 'AHRL'):
 - the hint is whole tokens of the worked part, never the final answer line (the task's `with_hint` cuts it);
 - pass_x_initial is `metadata["pass_initial"]` when the prompt source measured it, else the pass rate of the
   first group the run drew for that query (for freshly drawn queries that is the current, all-failed group,

@@ -11,7 +11,7 @@ Consumes / waits for / unblocked by, per step:
 - sync:      publishes version v+1 and blocks until every engine serves it.
 Metrics are returned per step (`area/name` keys) and written by the caller's sink; `reward/*` describe the
 step's own prompts as first sampled, before AHRL hints or DAPO refills changed the batch.
-Algorithm stages (each a module, off by default; docs/algorithms.md): AHRL hints all-failed groups
+Algorithm stages (each a module, off by default; docs/rl_algorithms.md): AHRL hints all-failed groups
 (rl_platform/ahrl.py), DAPO refills the batch with signal-carrying groups (rl_platform/dynamic_sampling.py),
 the advantage estimator is a registered variant (rl_platform/advantages.py), WPSM down-weights well-learned
 positive samples (rl_platform/wpsm.py).

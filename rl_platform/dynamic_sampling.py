@@ -6,7 +6,7 @@ smaller, and `dapo/short_groups` says by how much); verl's DAPO recipe bounds th
 
 Refill prompts continue the step's own prompt stream: round r draws prompt_batch(step, n_drawn + k)[n_drawn:],
 so the prompt source must be prefix-stable (the arithmetic sources are: a step's prompts come from one RNG
-seeded by the step). docs/algorithms.md, 'DAPO dynamic sampling'.
+seeded by the step). docs/rl_algorithms.md, 'DAPO dynamic sampling'.
 """
 
 from __future__ import annotations

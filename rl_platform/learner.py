@@ -50,7 +50,7 @@ class LearnerConfig:
     """off: live routing; R2: replay the learner's own old-policy routes; R3: replay the rollout engine's."""
     loss: LossConfig = field(default_factory=GRPOLossConfig)
     """Policy objective: grpo | dr_grpo | gspo | gspo_icepop | misc, each piece swappable
-    (learner.loss.ratio / clip / correction / aggregation; docs/algorithms.md, 'RL objectives')."""
+    (learner.loss.ratio / clip / correction / aggregation; docs/rl_algorithms.md, 'RL objectives')."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=2e-4, warmup_steps=0, schedule="constant", weight_decay=0.0, clipping=GlobalNormClipConfig(max_norm=1.0)))
     """Optimizer, schedule and clipping. The RL default clips the global norm at 1.0; with

@@ -8,7 +8,7 @@ Because (1 - M_i) >= 0 is one scalar per response, scaling the response's advant
 objective for every clipping variant (min and max commute with a non-negative scale), so WPSM needs nothing
 from the learner: the controller calls `WPSM.reweight` between the advantage estimate and the update.
 
-Choices the paper leaves open (docs/algorithms.md, 'WPSM'):
+Choices the paper leaves open (docs/rl_algorithms.md, 'WPSM'):
 - "positive" = the response passes (reward >= pass_threshold); the reconstructed equation has no explicit A > 0;
 - H(y_i) = the mean surprisal of the sampled tokens under the rollout engine, -mean_t log pi_infer(y_it): a
   Monte-Carlo estimate of the mean per-token entropy along the response, available before the update;

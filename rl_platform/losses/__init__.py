@@ -1,5 +1,5 @@
 """Policy-gradient objectives: composed pieces (ratio, clip, correction, aggregation) and named presets
-(`--set learner.loss=<grpo|dr_grpo|gspo|gspo_icepop|misc>`). docs/algorithms.md, 'RL objectives'."""
+(`--set learner.loss=<grpo|dr_grpo|gspo|gspo_icepop|misc>`). docs/rl_algorithms.md, 'RL objectives'."""
 
 from rl_platform.losses.aggregation import AGGREGATIONS, ConstantNormaliser, SeqMeanTokenMean, TokenMean
 from rl_platform.losses.base import LOSSES, LossConfig, PolicyLossInputs, PolicyLossOutput

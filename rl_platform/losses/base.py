@@ -1,7 +1,7 @@
 """What every policy loss consumes and returns. Shapes: B sequences, S positions (target-aligned: position t
 holds the log-probability of token t+1).
 
-A policy loss is composed of typed pieces, each a registered variant picked by config (docs/algorithms.md,
+A policy loss is composed of typed pieces, each a registered variant picked by config (docs/rl_algorithms.md,
 'RL objectives'):
     ratio        token | sequence (GSPO)                       -> r_BS, the importance ratio each token uses
     clip         symmetric | clip_higher | dual_clip           -> per-token surrogate objective

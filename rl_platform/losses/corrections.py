@@ -13,7 +13,7 @@ gap between the learner's and the rollout engine's probability of the same sampl
 
 MISC (ERNIE 5.0 Eq. 3, "Mixed-IcePop") is `icepop` on top of the GSPO sequence ratio: the loss preset `misc`
 (rl_platform/losses/gspo.py). A masked token's weight is exactly 0, so it contributes exactly zero gradient.
-Sources and defaults: docs/algorithms.md, 'Train-inference corrections'.
+Sources and defaults: docs/rl_algorithms.md, 'Train-inference corrections'.
 """
 
 from __future__ import annotations
