@@ -180,7 +180,7 @@ def test_first_signal_finishes_the_step_and_exits_zero(signum):
 
 def test_second_signal_exits_at_once():
     script = _STOPPABLE.replace('print(f"stopped after', 'time.sleep(60)  # a checkpoint that takes long\n'
-                                '                print(f"stopped after')
+                                '            print(f"stopped after')
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout.readline().strip() == "ready"
