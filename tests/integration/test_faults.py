@@ -69,12 +69,11 @@ def _kill_session(proc):
 
 
 def _descendant_with(root_pid, needle) -> int | None:
-    for entry in os.listdir("/proc"):
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            if entry.isdigit() and needle in cmdline and os.getsid(int(entry)) == root_pid:
+            if needle in Path(f"/proc/{entry}/cmdline").read_bytes() and os.getsid(int(entry)) == root_pid:
                 return int(entry)
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
+        except (OSError, ProcessLookupError):
             continue
     return None
 
