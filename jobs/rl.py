@@ -20,9 +20,9 @@ from jobs.rl_config import RLJobConfig
 from jobs.rl_report import write_rl_report
 from rl_platform.controller import Controller, SamplingConfig
 from rl_platform.evaluation import evaluate_pass_rate
+from rl_platform.model.adapter import layer_map_from_dir
 from rl_platform.model.tokenizer import load_tokenizer
 from rl_platform.run_dir import RunDir, setup_logging
-from rl_platform.tasks.prompts import ArithmeticPrompts
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,16 @@ def run(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> int:
     if args.resume and not config.run.run_dir:
         print("error: jobs.rl: --resume needs --run-dir <the run to continue>", file=sys.stderr)
         return 2
+    if not config.base_model.path and not config.base_model.pretrain_recipe:
+        print(f"error: jobs.rl: recipe {recipe} needs a model: --set base_model.path=<a Hugging Face MoE directory>",
+              file=sys.stderr)
+        return 2
     base_path = ensure_base_model(config.base_model)
+    try:
+        layer_map_from_dir(base_path)  # an unsupported architecture is refused before any actor starts
+    except ValueError as exc:
+        print(f"error: jobs.rl: base_model.path={str(base_path)!r}: {exc}", file=sys.stderr)
+        return 2
     run_dir = RunDir.create(config.run, recipe, config)
     started = _start_ray(args.address, num_cpus=max(2, os.cpu_count() or 2))
     try:
@@ -69,7 +78,7 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
                                              learner=learner, reward_config=config.reward,
                                              resources=config.resources, seed=config.run.seed)
     tokenizer = load_tokenizer(base_path)
-    prompts = ArithmeticPrompts(config.prompts, tokenizer, config.run.seed)
+    prompts = config.prompts.build(tokenizer, config.run.seed)
     held_out = prompts.held_out(config.eval.num_prompts)
     sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + 1_000_003 * config.run.seed)
     controller = Controller(generator, scorer, trainer, prompts.train_batch, config.loop, sampling,
@@ -85,10 +94,10 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
                              temperature=config.eval.temperature, seed=7_919)
 
     def evaluate(step: int) -> dict[str, float]:
-        metrics = evaluate_pass_rate(generator, scorer, held_out, greedy, config.loop.pass_threshold)
+        metrics = evaluate_pass_rate(generator, scorer, held_out, greedy, config.loop.pass_threshold, by="task")
         if config.eval.num_samples > 0:
             metrics.update(evaluate_pass_rate(generator, scorer, held_out, sampled, config.loop.pass_threshold,
-                                              prefix="eval/sampled_"))
+                                              prefix="eval/sampled_", by="task"))
         run_dir.log_metrics(step, metrics)
         logger.info("step %d held-out pass rate: greedy %.3f, sampled %.3f", step, metrics["eval/pass_rate"],
                     metrics.get("eval/sampled_pass_rate", float("nan")))

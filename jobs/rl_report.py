@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +22,27 @@ CURVES = [
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
     return [p[0] for p in points], [p[1] for p in points]
+
+
+def task_table(evals: list[dict], final: dict) -> list[str]:
+    """Per-task held-out pass@1 before and after (prompt sources whose prompts name a task: reasoning_gym)."""
+    tasks = sorted(k.removeprefix("eval/pass_rate/") for k in final if k.startswith("eval/pass_rate/"))
+    if not tasks:
+        return []
+    first = evals[0] if evals else {}
+    lines = ["", "| task (held-out) | greedy pass@1 before | after | sampled pass@1 before | after |",
+             "|---|---|---|---|---|"]
+    for task in tasks:
+        cells = []
+        for key in (f"eval/pass_rate/{task}", f"eval/sampled_pass_rate/{task}"):
+            cells += [f"{first.get(key, float('nan')):.3f}", f"{final.get(key, float('nan')):.3f}"]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _architecture(policy_dir: str) -> str:
+    config = Path(policy_dir) / "config.json"
+    return json.loads(config.read_text())["architectures"][0] if config.exists() else "unknown architecture"
 
 
 def write_rl_report(run_dir: Path, first: dict | None, final: dict, policy_dir: str) -> Path:
@@ -54,8 +76,9 @@ def write_rl_report(run_dir: Path, first: dict | None, final: dict, policy_dir: 
     head, tail = steps[: max(1, len(steps) // 4)], steps[-max(1, len(steps) // 4):]
     lines = [
         "# RL report", "",
-        f"- policy exported to `{policy_dir}` (HF Ernie4.5-MoE, servable by vLLM)",
+        f"- policy exported to `{policy_dir}` (HF {_architecture(policy_dir)}, servable by vLLM)",
         *held_out,
+        *task_table(evals, final),
         "", "| metric | first quarter of steps | last quarter |", "|---|---|---|",
     ]
     for key in ("reward/mean", "reward/pass_rate", "rollout/response_length_mean", "policy/entropy",

@@ -12,15 +12,23 @@ from rl_platform.types import Prompt
 
 
 def evaluate_pass_rate(generator: Generator, scorer: RewardScorer, prompts: Sequence[Prompt],
-                       sampling: SamplingConfig, pass_threshold: float, prefix: str = "eval/") -> dict[str, float]:
+                       sampling: SamplingConfig, pass_threshold: float, prefix: str = "eval/",
+                       by: str | None = None) -> dict[str, float]:
     """Pass rate over every sample: greedy pass@1 with one greedy sample per prompt, or pass@1 estimated from k
-    samples per prompt at the policy's temperature (mean@k, as DAPO and verl report it)."""
+    samples per prompt at the policy's temperature (mean@k, as DAPO and verl report it). `by`: a metadata key
+    (e.g. "task") to also report `{prefix}pass_rate/<value>` for each of its values."""
     groups = generator.generate(prompts, sampling)
     flat_prompts = [p for p, g in zip(prompts, groups, strict=True) for _ in g]
     flat = [c for g in groups for c in g]
     outcomes = scorer.score(flat_prompts, flat)
     values = [o.value for o in outcomes if not o.failed]
-    return {
+    groups: dict[str, list[float]] = {}
+    for prompt, outcome in zip(flat_prompts, outcomes, strict=True):
+        if by is not None and by in prompt.metadata and not outcome.failed:
+            groups.setdefault(str(prompt.metadata[by]), []).append(outcome.value)
+    per_group = {f"{prefix}pass_rate/{name}": sum(v >= pass_threshold for v in vals) / len(vals)
+                 for name, vals in sorted(groups.items())}
+    return {**per_group,
         f"{prefix}pass_rate": sum(v >= pass_threshold for v in values) / max(1, len(values)),
         f"{prefix}reward_mean": statistics.fmean(values) if values else float("nan"),
         f"{prefix}failed_count": float(sum(o.failed for o in outcomes)),
