@@ -110,8 +110,10 @@ class _Observed:
     """The learner's view before the update (old log-probs, live routes), gathered over the whole batch or
     micro-batch by micro-batch, and turned into the train-infer and route-mismatch metrics."""
 
-    def __init__(self, batch: TrainingBatch) -> None:
+    def __init__(self, batch: TrainingBatch, moe_layers: tuple[int, ...]) -> None:
         self.batch = batch
+        self.moe_layers = moe_layers
+        """Decoder layer of each route slot (names the per-layer mismatch metrics)."""
         self.logprobs_BS = torch.zeros_like(batch.generator_logprobs_BS)
         routes = batch.rollout_routes_BSLK
         self.live_BSLK = None if routes is None else torch.full_like(routes, -1)
@@ -127,7 +129,7 @@ class _Observed:
         if self.live_BSLK is not None:
             valid = b.attention_mask_BS.bool() & (b.rollout_routes_BSLK[..., 0, 0] >= 0)
             out.update(route_mismatch_metrics(self.live_BSLK, b.rollout_routes_BSLK, valid,
-                                              prefix="moe/route_mismatch"))
+                                              prefix="moe/route_mismatch", layer_ids=self.moe_layers))
         return out
 
 
@@ -175,7 +177,7 @@ class Learner:
             raise ValueError("LearnerConfig.routing_replay='R3' needs rollout routes, but the rollouts have none; "
                              "enable routed-expert capture in the rollout engine or use routing_replay='off'/'R2'")
         fused_old = folds_old_forward(cfg)
-        observed = _Observed(batch)
+        observed = _Observed(batch, self.policy.layer_map.moe_layers)
         old_lp, recorded_routes = None, None
         with torch.no_grad():
             if not fused_old:

@@ -117,3 +117,13 @@ def test_an_option_the_decoder_does_not_compute_is_refused_by_name(checkpoints, 
     (tmp_path / "m" / "config.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="clip_qkv=8.0"):
         load_adapter(tmp_path / "m")
+
+
+def test_per_layer_route_mismatch_is_named_by_decoder_layer():
+    from rl_platform.rl_metrics import route_mismatch_metrics
+
+    ours = torch.tensor([[[[0, 1], [2, 3]]]])  # [B=1, S=1, 2 MoE layers, K=2]
+    theirs = torch.tensor([[[[1, 0], [2, 4]]]])  # same set in slot 0, a different one in slot 1
+    m = route_mismatch_metrics(ours, theirs, torch.tensor([[True]]), layer_ids=(1, 3))
+    assert m["moe/route_mismatch_layer1"] == 0.0 and m["moe/route_mismatch_layer3"] == 1.0
+    assert "moe/route_mismatch_layer0" not in m and m["moe/route_mismatch"] == 0.5
