@@ -127,3 +127,18 @@ def test_per_layer_route_mismatch_is_named_by_decoder_layer():
     m = route_mismatch_metrics(ours, theirs, torch.tensor([[True]]), layer_ids=(1, 3))
     assert m["moe/route_mismatch_layer1"] == 0.0 and m["moe/route_mismatch_layer3"] == 1.0
     assert "moe/route_mismatch_layer0" not in m and m["moe/route_mismatch"] == 0.5
+
+
+def test_a_submodel_export_of_a_loaded_checkpoint_is_not_overridden_by_stale_source_fields(checkpoints, tmp_path):
+    from rl_platform.model import SubModel
+    from rl_platform.model.hf_interop import export_hf
+
+    adapter = load_adapter(checkpoints["qwen3_dense0_norm"])  # its config.json says num_local_experts=8
+    sub = SubModel(layers=(0, 2), experts=tuple(range(4)), top_k=2)
+    out = export_hf(adapter.module, tmp_path / "sub", submodel=sub, base_config=adapter.base_config)
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert hf.config.num_experts == 4 and hf.config.num_hidden_layers == 2 and hf.config.mlp_only_layers == [0]
+    ids = _ids(adapter.module.config.vocab_size)
+    with torch.no_grad():
+        ours = adapter.module.logits(adapter.module(ids, submodels=[sub] * 3).hidden_BSD)
+        assert (ours - hf(ids).logits).abs().max().item() <= LOGIT_TOL
