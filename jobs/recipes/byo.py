@@ -106,14 +106,14 @@ def reasoning_gym_corpus(mix: ReasoningGymPromptsConfig, seed: int, num_document
 @recipe("pretrain")
 def pretrain_rg_tiny() -> PretrainJobConfig:
     """The tiny elastic MoE pretrained on a reasoning-gym task mix (RG_MIX, 20k generated training-side
-    instances, written once to models/corpora/): the base of grpo_rg_tiny. ~8 min on 2 cores."""
+    instances, written once to models/corpora/): the base of grpo_rg_tiny. 500 steps, ~5 min on 2 idle cores."""
     from jobs.recipes.pretrain import pretrain_tiny
 
     config = pretrain_tiny()
     config.data = PretrainDataConfig(seq_len=256, tokenizer_vocab_size=512, arithmetic_weight=0.0, story_weight=0.0,
                                      glyph_weight=0.0, user_weight=1.0,
                                      user_files=(reasoning_gym_corpus(RG_MIX, seed=0, num_documents=20_000),))
-    config.loop = PretrainLoopConfig(num_steps=700, micro_batch_size=8, grad_accum_steps=2, max_minutes=9.0)
+    config.loop = PretrainLoopConfig(num_steps=500, micro_batch_size=8, grad_accum_steps=2, max_minutes=15.0)
     return config
 
 
