@@ -117,3 +117,21 @@ def test_answer_match_scores_the_extracted_answer_and_fails_without_a_reference(
                         RewardInput(prompt="", completion="<answer>41</answer>", metadata={"answer": 42}),
                         RewardInput(prompt="", completion="<answer>41</answer>", metadata={})])
     assert [o.value for o in out] == [1.0, 0.0, None] and out[2].failed
+
+
+def test_held_out_pass_rate_is_also_reported_per_task_and_tabled_in_the_report():
+    import dataclasses
+
+    from jobs.rl_report import task_table
+    from rl_platform.controller import SamplingConfig
+    from rl_platform.evaluation import evaluate_pass_rate
+    from tests.fakes import FakeGenerator, FakeScorer, prompts
+
+    tagged = [dataclasses.replace(p, prompt_id=f"{p.prompt_id}", metadata={"task": task})
+              for p, task in zip(prompts(0, 3), ["a", "b", "a"], strict=True)]
+    flat_b = FakeScorer(flat_prompts=frozenset({tagged[1].prompt_id}))  # task b never passes
+    metrics = evaluate_pass_rate(FakeGenerator(), flat_b, tagged, SamplingConfig(num_samples_per_prompt=3),
+                                 pass_threshold=1.0, by="task")
+    assert metrics["eval/pass_rate/a"] == pytest.approx(1 / 3) and metrics["eval/pass_rate/b"] == 0.0
+    table = task_table([{"eval/pass_rate/a": 0.1, "eval/pass_rate/b": 0.0}], metrics)
+    assert "| a | 0.100 | 0.333 |" in table[-2] and table[-1].startswith("| b | 0.000 | 0.000 |")
