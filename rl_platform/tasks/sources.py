@@ -31,7 +31,8 @@ _BUILTIN_MODULES = ("rl_platform.tasks.prompts", "rl_platform.tasks.file_prompts
 
 
 class PromptSource(Protocol):
-    """What the controller and the evaluation draw prompts from."""
+    """What the controller and the evaluation draw prompts from. A source whose prompts carry worked solutions
+    may also offer `with_hint(prompt, fraction) -> Prompt` for AHRL (the arithmetic source does)."""
 
     def train_batch(self, step: int, num_prompts: int) -> list[Prompt]: ...
 
