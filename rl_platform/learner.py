@@ -177,6 +177,8 @@ class Learner:
         self.engine, self.optimizer = build_deepspeed_engine(
             model, config.optim, zero_stage=config.zero_stage, bf16=config.bf16,
             micro_batch_size=config.micro_batch_size, grad_accum_steps=1)
+        # the adapter computes with, and publishes, the very module DeepSpeed updates
+        assert self.engine.module is self.policy.module
         self.clipper = config.optim.clipping.build([n for n, _ in model.named_parameters()])
         self.grad_access = deepspeed_gradient_access(self.engine.module.named_parameters())
         self.version = 0
