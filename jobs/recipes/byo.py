@@ -132,7 +132,7 @@ def grpo_rg_tiny() -> RLJobConfig:
     config.learner.optim.lr = 1e-4
     config.learner.loss.kl_coef = 0.05
     config.learner.micro_batch_size = 32
-    config.eval.num_prompts = 300
+    config.eval.num_prompts = 240  # 80 per task
     config.eval.max_tokens = 16
-    config.eval.every_steps = 20
+    config.eval.every_steps = 0  # before and after only
     return config
