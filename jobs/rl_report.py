@@ -88,7 +88,8 @@ def write_rl_report(run_dir: Path, first: dict | None, final: dict, policy_dir: 
                   f"{r.get('eval/response_length_mean', float('nan')):.1f} |" for r in evals]
         lines.append("")
     lines += ["## Training metrics", "", "| metric | first quarter of steps | last quarter |", "|---|---|---|"]
-    lines += [f"| {key} | {_mean(key, head):.4g} | {_mean(key, tail):.4g} |" for key in TABLE_KEYS]
+    lines += [f"| {key} | {_mean(key, head):.4g} | {_mean(key, tail):.4g} |" for key in TABLE_KEYS
+              if any(r.get(key) is not None for r in steps)]
     lines += ["", "## Curves", "", " ".join(f"![{name}]({name})" for name in figures), ""]
     path = report / "rl.md"
     path.write_text("\n".join(lines))
