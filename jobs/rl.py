@@ -69,7 +69,8 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
 
     logger.info("starting the actors (rollout engine, reward pool, learner)")
     # the loss must score tokens under the distribution the engine sampled them from
-    learner = dataclasses.replace(config.learner, temperature=config.sampling.temperature)
+    learner = dataclasses.replace(config.learner, temperature=config.sampling.temperature,
+                                  schedule_steps=config.loop.num_steps * config.learner.num_minibatches)
     generator, scorer, trainer = start_roles(model_path=str(base_path), rollout=config.rollout,
                                              learner=learner, reward_config=config.reward,
                                              resources=config.resources, seed=config.run.seed)
@@ -77,7 +78,7 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
     prompts = ArithmeticPrompts(config.prompts, tokenizer, config.run.seed)
     sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + 1_000_003 * config.run.seed)
     controller = Controller(generator, scorer, trainer, prompts.train_batch, config.loop, sampling,
-                            record_rollouts=run_dir.log_rollouts)
+                            record_rollouts=run_dir.log_rollouts, hint_prompt=prompts.with_hint)
     ckpt = run_dir.checkpoints / "rl"
     start = 0
     if resume and (ckpt / "latest").exists():
