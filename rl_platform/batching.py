@@ -33,6 +33,8 @@ class TrainingBatch:
     """int16 engine routes aligned with input positions (-1: none); None when the engine gave no routes."""
     num_tokens: int
     """Scored response tokens."""
+    prompt_lengths_B: Tensor | None = None
+    """int64 prompt length P of every row (where its response starts); None for hand-built batches."""
 
     def rows(self, index: Tensor | slice) -> TrainingBatch:
         def take(t: Tensor | None) -> Tensor | None:
@@ -41,7 +43,7 @@ class TrainingBatch:
         mask = self.mask_BS[index]
         return TrainingBatch(self.input_ids_BS[index], self.attention_mask_BS[index], mask,
                              self.generator_logprobs_BS[index], self.advantages_B[index],
-                             take(self.rollout_routes_BSLK), int(mask.sum()))
+                             take(self.rollout_routes_BSLK), int(mask.sum()), take(self.prompt_lengths_B))
 
 
 def build_training_batch(rollouts: Sequence[Rollout], advantages: Sequence[float | None], pad_id: int,
@@ -73,4 +75,5 @@ def build_training_batch(rollouts: Sequence[Rollout], advantages: Sequence[float
                     "top_k); the engine and the learner disagree on the model (export the policy again)")
             routes[i, : p + r - 1] = torch.from_numpy(rows.astype(np.int16))
     adv = torch.tensor([0.0 if a is None else a for a in advantages], dtype=torch.float32)
-    return TrainingBatch(input_ids, attention, mask, gen_lp, adv, routes, int(mask.sum()))
+    prompt_lengths = torch.tensor([len(r.prompt.token_ids) for r in rollouts], dtype=torch.long)
+    return TrainingBatch(input_ids, attention, mask, gen_lp, adv, routes, int(mask.sum()), prompt_lengths)

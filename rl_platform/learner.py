@@ -33,6 +33,7 @@ from rl_platform.model.hf_interop import checkpoint_tensors, export_hf, load_hf
 from rl_platform.optim.adagc import GlobalNormClipConfig, deepspeed_gradient_access
 from rl_platform.optim.optimizer import OptimConfig, build_deepspeed_engine
 from rl_platform.rl_metrics import route_mismatch_metrics, train_infer_metrics
+from rl_platform.step_dump import StepDumpConfig, StepDumper
 from rl_platform.types import PolicyWeights, Rollout
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class LearnerConfig:
     """The rollout's sampling temperature: the loss scores tokens under softmax(logits / temperature), the
     distribution they were drawn from (jobs.rl sets it from sampling.temperature). Train-infer metrics always
     compare temperature-1 log-probs, which is what the engine returns."""
+    dump: StepDumpConfig = field(default_factory=StepDumpConfig)
+    """Opt-in per-update dump of the batch, the learner's view and the weights (jobs.inspect_mismatch)."""
 
     def __post_init__(self) -> None:
         check(self.num_minibatches >= 1, "LearnerConfig.num_minibatches", self.num_minibatches, "must be >= 1",
@@ -151,6 +154,7 @@ class Learner:
         self.version = 0
         self.step = 0
         self._published_step = 0
+        self.dumper = StepDumper(config.dump, model_path) if config.dump.enabled else None
 
     @property
     def model(self) -> MoETransformer:
@@ -168,6 +172,8 @@ class Learner:
                              "enable routed-expert capture in the rollout engine or use routing_replay='off'/'R2'")
         fused_old = folds_old_forward(cfg)
         observed = _Observed(batch)
+        if self.dumper is not None:
+            self.dumper.save_weights(self.step, self.model)  # the weights the rollouts were sampled with
         old_lp, recorded_routes = None, None
         with torch.no_grad():
             if not fused_old:
@@ -194,6 +200,11 @@ class Learner:
         metrics.update(sums)
         if batch.rollout_routes_BSLK is not None:
             metrics["moe/route_mismatch_during_update"] = float(sum(used_mismatch) / len(used_mismatch))
+        if self.dumper is not None:
+            self.dumper.save_batch(self.step, batch, learner_lp_BS=observed.logprobs_BS,
+                                   live_routes_BSLK=observed.live_BSLK, replay_routes_BSLK=recorded_routes,
+                                   num_experts=self.model.config.num_experts, mode=cfg.routing_replay,
+                                   temperature=cfg.temperature, metrics=metrics)
         self.step += 1
         return metrics
 
