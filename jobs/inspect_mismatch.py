@@ -60,13 +60,13 @@ def inspect_step(dump: StepDump, *, top: int, rollout_dtype: str, engine: bool) 
     replay_gap = (router_pass.logprobs_BS - dump.learner_lp_BS).abs()[batch.mask_BS.bool()]
     report["replayed_forward_max_abs_diff_vs_logged"] = float(replay_gap.max()) if replay_gap.numel() else 0.0
     report["forced_experts"] = rare_forced_expert_stats(router_pass, applied, batch.mask_BS, model.config.top_k)
-    by_setting = {s.name: scorer.run(s, batch).logprobs_BS for s in default_settings(model.config.num_layers, False)}
+    by_setting = {s.name: scorer.run(s, batch).logprobs_BS for s in default_settings(len(model.moe_layers()), False)}
     tokens = worst_tokens(batch, dump.learner_lp_BS, dump.live_routes_BSLK, applied, router_pass, by_setting, top)
     report["worst_tokens"] = [{**t.__dict__, "abs_dlogp": t.abs_dlogp} for t in tokens]
     engine_scores = _engine_scores(dump, rollout_dtype) if engine else None
     if engine:
         report["prefix_cache_check"] = _prefix_cache_check(dump, rollout_dtype)
-    report["decomposition"] = decompose(scorer, batch, default_settings(model.config.num_layers), engine_scores)
+    report["decomposition"] = decompose(scorer, batch, default_settings(len(model.moe_layers())), engine_scores)
     return report
 
 
@@ -135,7 +135,7 @@ def decompose_all(batches: Path, per_layer: bool) -> list[dict]:
         if dump.weights_dir is None:
             continue
         model = load_hf(dump.weights_dir)
-        settings: list[Setting] = default_settings(model.config.num_layers, per_layer)
+        settings: list[Setting] = default_settings(len(model.moe_layers()), per_layer)
         result = decompose(LearnerScorer(model), dump.batch, settings)
         rows.append({"version": version, "routing_replay": dump.mode, "logged": dump.meta["metrics"], **result})
     return rows
@@ -161,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = decompose_all(batches, per_layer=not args.no_per_layer)
         (out_dir / "decomposition.json").write_text(json.dumps(rows, indent=1) + "\n")
         for row in rows:
-            s = row["summary"]
-            print(f"version {row['version']}: KL live {s.get('kl_live', float('nan')):.3e} engine routes "
-                  f"{s.get('kl_engine_routes', float('nan')):.3e} routing share {s.get('routing_share', float('nan')):.2f}")
+            s = {k: row["summary"].get(k, float("nan")) for k in ("kl_live", "kl_engine_routes", "routing_share")}
+            print(f"version {row['version']}: KL live {s['kl_live']:.3e} engine routes {s['kl_engine_routes']:.3e} "
+                  f"routing share {s['routing_share']:.2f}")
         print(f"wrote {out_dir / 'decomposition.json'}")
         return 0
     if args.step is None:

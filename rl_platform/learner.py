@@ -181,7 +181,7 @@ class Learner:
         fused_old = folds_old_forward(cfg)
         observed = _Observed(batch)
         if self.dumper is not None:
-            self.dumper.save_weights(self.step, self.model)  # the weights the rollouts were sampled with
+            self.dumper.save_weights(self.step, self.policy)  # the weights the rollouts were sampled with
         old_lp, recorded_routes = None, None
         with torch.no_grad():
             if not fused_old:
@@ -211,7 +211,7 @@ class Learner:
         if self.dumper is not None:
             self.dumper.save_batch(self.step, batch, learner_lp_BS=observed.logprobs_BS,
                                    live_routes_BSLK=observed.live_BSLK, replay_routes_BSLK=recorded_routes,
-                                   num_experts=self.model.config.num_experts, mode=cfg.routing_replay,
+                                   num_experts=self.policy.layer_map.num_experts, mode=cfg.routing_replay,
                                    temperature=cfg.temperature, metrics=metrics)
         self.step += 1
         return metrics

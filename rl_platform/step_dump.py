@@ -89,13 +89,12 @@ class StepDumper:
         self.root = Path(config.dir)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def save_weights(self, version: int, model) -> Path | None:
+    def save_weights(self, version: int, policy) -> Path | None:
+        """`policy`: the learner's ModelAdapter; its export is a directory the learner and vLLM both load."""
         every = self.config.weights_every
         if not every or version % every:
             return None
-        from rl_platform.model.hf_interop import export_hf
-
-        out = export_hf(model, self.root / f"weights_{version:04d}")
+        out = policy.export(self.root / f"weights_{version:04d}")
         for name in _TOKENIZER_FILES:
             if (self.model_path / name).exists():
                 shutil.copy(self.model_path / name, out / name)
@@ -104,11 +103,12 @@ class StepDumper:
     def save_batch(self, version: int, batch: TrainingBatch, *, learner_lp_BS: Tensor, live_routes_BSLK: Tensor | None,
                    replay_routes_BSLK: Tensor | None, num_experts: int, mode: str, temperature: float,
                    metrics: dict[str, float]) -> Path:
+        lengths = batch.prompt_lengths_B
         arrays: dict[str, np.ndarray | None] = {
             "input_ids_BS": batch.input_ids_BS.to(torch.int32).numpy(),
             "attention_BS": batch.attention_mask_BS.to(torch.uint8).numpy(),
             "mask_BS": (batch.mask_BS > 0).to(torch.uint8).numpy(),
-            "prompt_lengths_B": None if batch.prompt_lengths_B is None else batch.prompt_lengths_B.to(torch.int32).numpy(),
+            "prompt_lengths_B": None if lengths is None else lengths.to(torch.int32).numpy(),
             "generator_lp_BS": batch.generator_logprobs_BS.float().numpy(),
             "learner_lp_BS": learner_lp_BS.detach().float().numpy(),
             "advantages_B": batch.advantages_B.float().numpy(),
