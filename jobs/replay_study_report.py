@@ -17,6 +17,7 @@ STEP_METRICS = {
     "moe/route_mismatch": "route mismatch, learner live vs engine",
     "train/logprob_abs_diff_mean": "mean |dlogp| train vs infer",
 }
+EXTRA_SERIES = ("train/rows", "train/logprob_abs_diff_max")
 EVAL_METRICS = {"eval/pass_rate": "held-out greedy pass@1", "eval/sampled_pass_rate": "held-out sampled pass@1"}
 DECOMPOSITION = {"kl_live": "KL, learner fp32 live routes", "kl_engine_routes": "KL, learner fp32 engine routes",
                  "kl_bf16_engine_routes": "KL, learner bf16 engine routes"}
@@ -34,12 +35,18 @@ def load_runs(out: Path, spec: dict) -> dict[str, list[dict]]:
             train = [r for r in rows if "train/rows" in r and not r.get("train/skipped")]
             evals = [r for r in rows if "eval/pass_rate" in r]
             record = {"seed": seed, "steps": [r["step"] for r in train],
-                      "series": {k: [r.get(k) for r in train] for k in STEP_METRICS},
+                      "series": {k: [r.get(k) for r in train] for k in (*STEP_METRICS, *EXTRA_SERIES)},
+                      "versions": [int(r["policy/version"]) - 1 for r in train],
                       "eval_first": evals[0] if evals else {}, "eval_last": evals[-1] if len(evals) > 1 else {}}
             decomposition = out / f"{mode}-seed{seed}" / "forensics" / "decomposition.json"
             if decomposition.exists():
-                record["decomposition"] = {k: [row["summary"].get(k) for row in json.loads(decomposition.read_text())]
-                                           for k in DECOMPOSITION}
+                rows_d = json.loads(decomposition.read_text())
+                record["decomposition"] = {k: [row["summary"].get(k) for row in rows_d] for k in DECOMPOSITION}
+                record["decomposition_by_version"] = {
+                    row["version"]: {"kl_live": row["summary"].get("kl_live"),
+                                     "kl_engine_routes": row["summary"].get("kl_engine_routes"),
+                                     "top1pct_share": row["settings"]["fp32/live"].get("kl_share_top1pct_tokens")}
+                    for row in rows_d}
             runs.setdefault(mode, []).append(record)
     return runs
 
@@ -120,7 +127,32 @@ def render_markdown(title: str, spec: dict, runs: dict[str, list[dict]], agg: di
             lines.append(f"| {label} | " + " | ".join(_fmt(est[s]) for s in ("mean", "median", "p90", "max")) + " |")
         lines += ["", f"Replay lowers the step's KL on {paired['steps_where_replay_lowers_kl']:.0%} of "
                   f"{paired['steps']} steps; routing share of the mean KL {paired['routing_share_of_mean']:.1%}."]
+    lines += worst_steps_table(runs)
     return "\n".join(lines) + "\n"
+
+
+def worst_steps_table(runs: dict[str, list[dict]], per_mode: int = 4) -> list[str]:
+    """The highest-KL steps of each mode with what the dumps say about them: is the spike routing (KL with
+    the engine's routes far below the live one) or a handful of tokens (the top 1 % carry most of it)?"""
+    lines = ["", f"Highest-KL steps per mode (top {per_mode}); 'replayed' re-scores the same batch with the engine's "
+             "routes, 'live' with the learner's own; top-1 % share: KL carried by the step's worst 1 % tokens.", "",
+             "| mode | seed | step | KL | trained rows | extreme frac | max \\|dlogp\\| | KL live / replayed | "
+             "top-1 % share |", "|---|---|---|---|---|---|---|---|---|"]
+    for mode, records in runs.items():
+        rows = []
+        for r in records:
+            for i, kl in enumerate(r["series"]["train/kl_train_infer"]):
+                if kl is not None:
+                    rows.append((kl, r, i))
+        for kl, r, i in sorted(rows, key=lambda x: -x[0])[:per_mode]:
+            d = r.get("decomposition_by_version", {}).get(r["versions"][i], {})
+            pair = (f"{d['kl_live']:.2e} / {d['kl_engine_routes']:.2e}" if d.get("kl_live") is not None else "n/a")
+            share = f"{d['top1pct_share']:.0%}" if d.get("top1pct_share") is not None else "n/a"
+            series = r["series"]
+            lines.append(f"| {mode} | {r['seed']} | {r['steps'][i]} | {kl:.2e} | {series['train/rows'][i]:.0f} | "
+                         f"{series['moe/extreme_token_frac_tau2'][i]:.2e} | "
+                         f"{series['train/logprob_abs_diff_max'][i]:.3f} | {pair} | {share} |")
+    return lines
 
 
 def plot_metric(out: Path, key: str, label: str, runs: dict[str, list[dict]], agg: dict) -> Path:

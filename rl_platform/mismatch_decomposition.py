@@ -8,7 +8,8 @@ under a grid of settings, each compared with the engine's sampling-time log-prob
     learner fp32, engine routes          what an R3 update sees: routing identical, only arithmetic differs
     learner fp32, engine routes at layer l only (live elsewhere), for every l
     learner bf16 (routers fp32), live / engine routes
-    learner bf16 with bf16 logits, engine routes (the engine rounds logits to bf16 before its softmax)
+    learner fp32 / bf16 with bf16 logits, engine routes (a bf16 engine rounds its logits to bf16 before the
+    softmax: how much of the mismatch is that rounding alone)
     engine fp32 prefill, engine <rollout dtype> prefill (optional, needs vLLM)
 
 and summarised as
@@ -47,6 +48,7 @@ class Setting:
 
 def default_settings(num_layers: int, per_layer: bool = True) -> list[Setting]:
     settings = [Setting("fp32/live"), Setting("fp32/engine_routes", engine_routes=True),
+                Setting("fp32/engine_routes/bf16_logits", engine_routes=True, bf16_logits=True),
                 Setting("bf16/live", dtype=torch.bfloat16),
                 Setting("bf16/engine_routes", dtype=torch.bfloat16, engine_routes=True),
                 Setting("bf16/engine_routes/bf16_logits", dtype=torch.bfloat16, engine_routes=True, bf16_logits=True)]
@@ -86,7 +88,8 @@ class LearnerScorer:
 @torch.no_grad()
 def _bf16_logit_logprobs(model: MoETransformer, batch: TrainingBatch, forced: Tensor | None) -> Tensor:
     out = model(batch.input_ids_BS, attention_mask_BS=batch.attention_mask_BS, forced_routes_BSLK=forced)
-    logits = model.logits(out.hidden_BSD.to(torch.bfloat16)).float()
+    # the model's own logits (bf16 for a bf16 model, as the engine's lm_head computes them), rounded to bf16
+    logits = model.logits(out.hidden_BSD).to(torch.bfloat16).float()
     targets = torch.roll(batch.input_ids_BS, shifts=-1, dims=1)
     return torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
 
@@ -150,7 +153,8 @@ def summarize(rows: dict[str, dict[str, float]]) -> dict[str, float]:
                 out[f"layer{layer}_routing_kl"] = total - value
                 out[f"layer{layer}_routing_share"] = ((total - value) / (total - replayed) if total != replayed
                                                       else float("nan"))
-    for name in ("bf16/live", "bf16/engine_routes", "bf16/engine_routes/bf16_logits"):
+    for name in ("fp32/engine_routes/bf16_logits", "bf16/live", "bf16/engine_routes",
+                 "bf16/engine_routes/bf16_logits"):
         if name in kl:
             out[f"kl_{name.replace('/', '_')}"] = kl[name]
     return out

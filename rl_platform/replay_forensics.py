@@ -43,6 +43,13 @@ class Scored:
     """float32 gate weight of each used expert (with_router only)."""
     probs_BSLE: Tensor | None = None
     """float32 router softmax (with_router only)."""
+    selection_bias_LE: Tensor | None = None
+    """float32 selection-only bias of every router: top-k is taken over probs + bias (with_router only)."""
+
+    def selection_ranks_BSLE(self) -> Tensor:
+        """Rank (0 = first pick) of every expert under the router's own selection score, probs + bias."""
+        scores = self.probs_BSLE + self.selection_bias_LE[None, None]
+        return scores.argsort(dim=-1, descending=True).argsort(dim=-1)
 
 
 @torch.no_grad()
@@ -61,8 +68,9 @@ def score(model: MoETransformer, batch: TrainingBatch, forced_routes_BSLK: Tenso
         targets = torch.roll(micro.input_ids_BS, shifts=-1, dims=1).reshape(-1)
         logprobs, _ = fused_logprobs(out.hidden_BSD.reshape(b * s, d).float(), model.lm_head_weight.float(), targets)
         parts.append(Scored(logprobs.view(b, s), out.routes_BSLK, out.live_routes_BSLK, *recorder.tensors(b, s)))
+    bias = torch.stack([m.router.selection_bias_E.float() for m in model.moe_layers()]) if with_router else None
     return Scored(*(_cat([getattr(p, name) for p in parts]) for name in
-                    ("logprobs_BS", "routes_BSLK", "live_routes_BSLK", "gates_BSLK", "probs_BSLE")))
+                    ("logprobs_BS", "routes_BSLK", "live_routes_BSLK", "gates_BSLK", "probs_BSLE")), bias)
 
 
 def _cat(tensors: list[Tensor | None]) -> Tensor | None:
@@ -233,10 +241,10 @@ def _layer_detail(row: int, t: int, engine: Tensor | None, live: Tensor | None, 
                   router_pass: Scored) -> list[dict]:
     probs_LE, gates_LK, used_LK = router_pass.probs_BSLE[row, t], router_pass.gates_BSLK[row, t], \
         router_pass.routes_BSLK[row, t]
+    ranks_LE = router_pass.selection_ranks_BSLE()[row, t]
     layers = []
     for layer in range(probs_LE.shape[0]):
-        probs = probs_LE[layer]
-        ranks = probs.argsort(descending=True).argsort()
+        probs, ranks = probs_LE[layer], ranks_LE[layer]
         used = [int(e) for e in used_LK[layer] if e >= 0]
         live_ids = [] if live is None else [int(e) for e in live[row, t, layer] if e >= 0]
         layers.append({
@@ -257,14 +265,15 @@ def rare_forced_expert_stats(router_pass: Scored, applied_routes_BSLK: Tensor | 
                              top_k: int) -> dict[str, float]:
     """How often the update forced an expert that the learner's own router ranks far outside its top-k.
 
-    `forced_outside_topk_frac`: share of forced (token, layer) routings with at least one expert the learner's
-    router ranks >= k (a route flip); `forced_rank_ge_2k_frac`: ranked >= 2k (the 'almost never picks' case);
-    `forced_min_prob_p01`: 1st percentile of the smallest learner probability among a routing's forced experts.
+    Ranks are by the router's selection score (probs + selection bias). `forced_outside_topk_frac`: share of
+    forced (token, layer) routings with at least one expert ranked >= k (a route flip); `forced_rank_ge_2k_frac`:
+    ranked >= 2k (the 'almost never picks' case); `forced_min_prob_p01`: 1st percentile of the smallest learner
+    probability among a routing's forced experts.
     """
     if applied_routes_BSLK is None or router_pass.probs_BSLE is None:
         return {}
     valid = (applied_routes_BSLK[..., 0] >= 0) & (mask_BS[..., None] > 0)
-    ranks = router_pass.probs_BSLE.argsort(dim=-1, descending=True).argsort(dim=-1)
+    ranks = router_pass.selection_ranks_BSLE()
     ids = applied_routes_BSLK.long().clamp_min(0)
     rank_BSLK = ranks.gather(-1, ids)
     prob_BSLK = router_pass.probs_BSLE.gather(-1, ids)
