@@ -17,7 +17,7 @@ STEP_METRICS = {
     "moe/route_mismatch": "route mismatch, learner live vs engine",
     "train/logprob_abs_diff_mean": "mean |dlogp| train vs infer",
 }
-EXTRA_SERIES = ("train/rows", "train/logprob_abs_diff_max")
+EXTRA_SERIES = ("train/rows", "train/logprob_abs_diff_max", "train/kl_train_infer_tokens")
 EVAL_METRICS = {"eval/pass_rate": "held-out greedy pass@1", "eval/sampled_pass_rate": "held-out sampled pass@1"}
 DECOMPOSITION = {"kl_live": "KL, learner fp32 live routes", "kl_engine_routes": "KL, learner fp32 engine routes",
                  "kl_bf16_engine_routes": "KL, learner bf16 engine routes"}
@@ -67,6 +67,8 @@ def aggregate(runs: dict[str, list[dict]]) -> dict:
             "first": mean_over_seeds([r["eval_first"].get(key) for r in records]).as_dict(),
             "last": mean_over_seeds([r["eval_last"].get(key) for r in records]).as_dict(),
             "per_seed_last": [r["eval_last"].get(key) for r in records]} for mode, records in runs.items()}
+    result["token_weighted_kl"] = {mode: mean_over_seeds([_token_weighted(r) for r in records]).as_dict()
+                                   for mode, records in runs.items()}
     if "off" in runs:
         for mode in runs:
             if mode != "off":
@@ -87,6 +89,13 @@ def aggregate(runs: dict[str, list[dict]]) -> dict:
             "routing_share_of_mean": float(1 - replayed[ok].mean() / live[ok].mean()),
             "steps_where_replay_lowers_kl": float((replayed[ok] < live[ok]).mean())}
     return result
+
+
+def _token_weighted(record: dict) -> float:
+    """The run's KL over all its scored tokens (steps weighted by how many tokens they averaged over)."""
+    kl, tokens = record["series"]["train/kl_train_infer"], record["series"]["train/kl_train_infer_tokens"]
+    pairs = [(k, t) for k, t in zip(kl, tokens, strict=True) if k is not None and t]
+    return sum(k * t for k, t in pairs) / sum(t for _, t in pairs) if pairs else float("nan")
 
 
 def _fmt(est: dict, digits: int = 2) -> str:
@@ -115,6 +124,8 @@ def render_markdown(title: str, spec: dict, runs: dict[str, list[dict]], agg: di
         for when in ("first", "last"):
             lines.append(f"| {label}, {'before' if when == 'first' else 'after'} | "
                          + " | ".join(_fmt_rate(agg["eval"][key][m][when]) for m in modes) + " |")
+    lines.append("| train-infer KL over all scored tokens (token-weighted, mean over seeds) | "
+                 + " | ".join(_fmt(agg["token_weighted_kl"][m]) for m in modes) + " |")
     for name, diffs in agg["differences"].items():
         lines += ["", f"Difference of means {name} (95 % interval; an interval that holds 0 is no difference):", ""]
         lines += [f"- {STEP_METRICS[k]}: {_fmt(v)}" for k, v in diffs.items()]
@@ -136,8 +147,8 @@ def worst_steps_table(runs: dict[str, list[dict]], per_mode: int = 4) -> list[st
     the engine's routes far below the live one) or a handful of tokens (the top 1 % carry most of it)?"""
     lines = ["", f"Highest-KL steps per mode (top {per_mode}); 'replayed' re-scores the same batch with the engine's "
              "routes, 'live' with the learner's own; top-1 % share: KL carried by the step's worst 1 % tokens.", "",
-             "| mode | seed | step | KL | trained rows | extreme frac | max \\|dlogp\\| | KL live / replayed | "
-             "top-1 % share |", "|---|---|---|---|---|---|---|---|---|"]
+             "| mode | seed | step | KL | trained rows | scored tokens | extreme frac | max \\|dlogp\\| | "
+             "KL live / replayed | top-1 % share |", "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, records in runs.items():
         rows = []
         for r in records:
@@ -149,7 +160,9 @@ def worst_steps_table(runs: dict[str, list[dict]], per_mode: int = 4) -> list[st
             pair = (f"{d['kl_live']:.2e} / {d['kl_engine_routes']:.2e}" if d.get("kl_live") is not None else "n/a")
             share = f"{d['top1pct_share']:.0%}" if d.get("top1pct_share") is not None else "n/a"
             series = r["series"]
+            tokens = series["train/kl_train_infer_tokens"][i]
             lines.append(f"| {mode} | {r['seed']} | {r['steps'][i]} | {kl:.2e} | {series['train/rows'][i]:.0f} | "
+                         f"{'n/a' if tokens is None else f'{tokens:.0f}'} | "
                          f"{series['moe/extreme_token_frac_tau2'][i]:.2e} | "
                          f"{series['train/logprob_abs_diff_max'][i]:.3f} | {pair} | {share} |")
     return lines

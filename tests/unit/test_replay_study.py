@@ -38,7 +38,8 @@ def _write_run(path, kls, pass_rates):
         rows.append({"step": step, "train/rows": 64.0, "train/skipped": 0.0, "policy/version": float(step),
                      "train/kl_train_infer": kl, "moe/extreme_token_frac_tau2": 0.0,
                      "moe/route_mismatch_during_update": 0.0, "moe/route_mismatch": 0.01,
-                     "train/logprob_abs_diff_mean": 1e-3, "train/logprob_abs_diff_max": 0.1})
+                     "train/logprob_abs_diff_mean": 1e-3, "train/logprob_abs_diff_max": 0.1,
+                     "train/kl_train_infer_tokens": 500.0})
     rows.append({"step": len(kls), "eval/pass_rate": pass_rates[1]})
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
