@@ -217,7 +217,7 @@ class Learner:
                 recorded_routes = old_out.routes_BSLK
             replay_routes = {"off": None, "R2": recorded_routes, "R3": batch.rollout_routes_BSLK}[cfg.routing_replay]
             # the reference is scored with the experts the update uses, so that its KL term compares weights
-            # and not two routings (docs/routing_replay.md, 'The three modes')
+            # and not two routings (docs/routing_replay.md)
             ref_lp = (response_logprobs(self.reference, batch, forced_routes=replay_routes,
                                         temperature=cfg.temperature)[0] if self.reference is not None else None)
         order = torch.arange(batch.input_ids_BS.shape[0])
