@@ -59,7 +59,7 @@ def test_stop_signal_checkpoints_and_the_resume_continues_without_duplicate_rows
         assert (run.path / "checkpoints" / "pretrain" / "step-00000002" / "manifest.json").exists()
         run.log_metrics(3, {"train/loss": 9.9})  # a row written after the checkpoint, as by a crash
         resumed = PretrainTrainer(config, tokenizer, run.path, run.log_metrics, run_files=run)
-        resumed.train()
+        resumed.train(resume=True)
     finally:
         run.close()
     rows = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]

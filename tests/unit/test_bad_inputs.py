@@ -123,7 +123,8 @@ ROWS = [
     ("remote reward URL not http", lambda t: _cli(*BASE, "--set", "reward=remote", "--set", "reward.url=ftp://x"), 2,
      ["ftp://x", "http://127.0.0.1:8000"]),
     ("--resume without --run-dir", lambda t: _cli(*BASE, "--resume"), 2, ["--resume needs --run-dir"]),
-    ("--resume of a run without checkpoint", lambda t: _cli(*BASE, "--resume", "--run-dir", str(t / "empty")), 2,
+    ("--resume of a run without checkpoint", lambda t: _cli(*BASE, "--resume", "--run-dir", str(_mkdir(t / "empty"))),
+     2,
      ["no checkpoint to resume from", "empty", "Run without --resume"]),
     ("--resume of a truncated checkpoint", lambda t: _cli(*BASE, "--resume", "--run-dir",
                                                           str(_run_with_checkpoint(t, "truncated"))), 2,
@@ -178,6 +179,12 @@ ROWS = [
             str(_write(t / "tasks.jsonl", '{"task_id": "a", "tests": ["assert f(1) < 3"]}\n')))), 2,
      ["tasks.jsonl:1", "assert f(1) < 3", "assert <call> == <literal>"]),
 ]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    (path / "metrics.jsonl").write_text("")  # a run that logged but never checkpointed
+    return path
 
 
 def _write(path: Path, text: str) -> Path:
