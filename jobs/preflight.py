@@ -40,7 +40,7 @@ def check_base_model(path: str | Path, where: str = "base_model.path") -> None:
     path = Path(path)
     fix = "give a directory written by export_hf (a pretraining run's models/full), or leave it empty to pretrain"
     if not path.is_dir():
-        raise ConfigError(f"{where}={str(path)!r} is not a directory; {fix}.")
+        raise ConfigError(f"{where}={str(path)!r} has no config.json (no such directory); {fix}.")
     try:
         config = json.loads((path / "config.json").read_text())
         vocab_size = int(config["vocab_size"])

@@ -133,7 +133,7 @@ ROWS = [
                                                              str(_run_with_checkpoint(t, "no_manifest"))), 2,
      ["step-00000001 (no manifest.json", "did not finish"]),
     ("base model path missing", lambda t: _cli(*BASE, "--set", f"base_model.path={t / 'nowhere'}"), 2,
-     ["base_model.path=", "nowhere", "is not a directory", "export_hf"]),
+     ["base_model.path=", "nowhere", "has no config.json (no such directory)", "export_hf"]),
     ("base model config corrupt", lambda t: _cli(*BASE, "--set", f"base_model.path={_model_dir(t, 'config')}"), 2,
      ["config.json is unreadable", "re-export"]),
     ("base model weights corrupt", lambda t: _cli(*BASE, "--set", f"base_model.path={_model_dir(t, 'weights')}"), 2,
