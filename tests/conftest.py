@@ -15,7 +15,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-FAST_TIMEOUT_S, SLOW_TIMEOUT_S = 600, 2400
+FAST_TIMEOUT_S, SLOW_TIMEOUT_S = 600, 1200
 
 
 def pytest_collection_modifyitems(config, items):
