@@ -3,8 +3,9 @@
 Shape legend: T tokens, D model dim, E experts, K top-k, F expert FFN dim, N = T * K token copies.
 
 `moe_experts` is what the model calls. On CUDA (or inside `kernels.force_triton()`) it runs the custom op
-`kernels::moe_experts` (forward and backward in Triton, visible to torch.compile as one op); elsewhere it is the
-reference loop itself, so the CPU path is bit-exact with the spec by construction.
+`kernels::moe_experts` (forward and backward in Triton, visible to torch.compile as one op); on CPU it is the
+reference's math through `torch._grouped_mm` (grouped_cpu.py: equal to the reference to float32 rounding, without
+its per-expert loop, which costs seconds per layer at 128+ experts); elsewhere the reference loop itself.
 
 Data flow of the Triton path (one launch per arrow):
     x_TD --gather rows--> x_ND --grouped mm (gate, up)--> silu(gate) * up = hidden_NF --grouped mm (down)--> out_ND
@@ -21,6 +22,7 @@ import triton
 from torch import Tensor
 
 from kernels._dispatch import launcher, use_triton
+from kernels.moe_experts.grouped_cpu import grouped_mm_available, moe_experts_grouped_cpu
 from kernels.moe_experts.kernel import combine_rows_kernel, gather_rows_kernel, grouped_mm_kernel, grouped_wgrad_kernel
 from kernels.moe_experts.reference import moe_experts_reference, permute_tokens_reference
 
@@ -251,4 +253,6 @@ def moe_experts(
             )
         args = (x_TD, topk_ids_TK.long(), topk_weights_TK, w_gate_EFD, w_up_EFD, w_down_EDF)
         return _moe_experts_op(*(t.contiguous() for t in args))
+    if x_TD.device.type == "cpu" and grouped_mm_available():
+        return moe_experts_grouped_cpu(x_TD, topk_ids_TK, topk_weights_TK, w_gate_EFD, w_up_EFD, w_down_EDF)
     return moe_experts_reference(x_TD, topk_ids_TK, topk_weights_TK, w_gate_EFD, w_up_EFD, w_down_EDF)
