@@ -66,6 +66,10 @@ class RolloutWorker:
                              enable_routed_experts=True, enforce_eager=config.enforce_eager,
                              kv_cache_gib=config.kv_cache_gib, max_num_seqs=config.max_num_seqs)
         self.tokenizer = self.llm.get_tokenizer()
+        from rl_platform.model.adapter import layer_map_from_dir
+
+        # vLLM captures a row per decoder layer; the learner's routes cover the MoE layers only
+        self.layer_map = layer_map_from_dir(model_path)
         self.version = 0
         self.calls = 0
         logger.info("engine up in %.1f s (%s, %s)", time.perf_counter() - start, model_path, config.dtype)
@@ -86,7 +90,8 @@ class RolloutWorker:
             for i, c in enumerate(out.outputs):
                 token_ids = list(c.token_ids)
                 logprobs = [c.logprobs[j][tok].logprob for j, tok in enumerate(token_ids)]
-                routes = None if c.routed_experts is None else np.asarray(c.routed_experts)
+                routes = (None if c.routed_experts is None
+                          else self.layer_map.engine_to_moe(np.asarray(c.routed_experts)))
                 finish = c.finish_reason if c.finish_reason in ("stop", "length") else "abort"
                 group.append(Completion(prompt_id=prompt.prompt_id, sample_index=i, token_ids=token_ids,
                                         text=c.text, generator_logprobs=logprobs, routed_experts=routes,
