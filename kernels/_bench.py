@@ -19,11 +19,16 @@ from typing import Any
 import torch
 
 
-def parse_args(description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    """--out and --device; a bench adds its own flags before parsing."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="write the result records to this JSON file")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    return parser.parse_args()
+    return parser
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    return argument_parser(description).parse_args()
 
 
 def time_ms(fn: Callable[[], Any], device: str, cpu_reps: int = 5) -> float:
