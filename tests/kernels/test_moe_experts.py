@@ -269,8 +269,9 @@ def test_grouped_gemm_providers_agree_and_leave_idle_experts_zero():
     rt = route(topk_ids_TK, num_experts=4)
     a_NM, b_NP = torch.randn(7, 24, generator=gen), torch.randn(7, 40, generator=gen)
     b_EMP = torch.randn(4, 24, 40, generator=gen)
-    want_mm = torch.cat([a_NM[s:e] @ b_EMP[x] for x, (s, e) in enumerate(zip(rt.offsets_E1[:-1], rt.offsets_E1[1:]))])
-    want_wgrad = torch.stack([a_NM[s:e].T @ b_NP[s:e] for s, e in zip(rt.offsets_E1[:-1], rt.offsets_E1[1:])])
+    ranges = list(zip(rt.offsets_E1[:-1].tolist(), rt.offsets_E1[1:].tolist(), strict=True))
+    want_mm = torch.cat([a_NM[start:end] @ b_EMP[expert] for expert, (start, end) in enumerate(ranges)])
+    want_wgrad = torch.stack([a_NM[start:end].T @ b_NP[start:end] for start, end in ranges])
     for name, gemm in GEMMS.items():
         torch.testing.assert_close(gemm.mm(a_NM, b_EMP, rt), want_mm, atol=1e-5, rtol=1e-5, msg=name)
         got = gemm.wgrad(a_NM, b_NP, rt, torch.float32)
