@@ -21,6 +21,7 @@ from kernels.fused_logprobs import kernel as fused_logprobs_kernel  # noqa: E402
 from kernels.moe_experts import kernel as moe_experts_kernel  # noqa: E402
 from kernels.moe_experts.gemm import BLOCK_ROWS, MM_CONFIG, WGRAD_CONFIG  # noqa: E402
 from kernels.moe_experts.op import FUSED_CONFIG  # noqa: E402
+from kernels.norm_rope import kernel as norm_rope_kernel  # noqa: E402
 from kernels.rrattention import kernel as rrattention_kernel  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -58,6 +59,18 @@ def _moe_variants(moe, dt, precision):
                fused | {"RECOMPUTE": recompute}, _launch(FUSED_CONFIG))  # fmt: skip
 
 
+def _norm_rope_variants(nr):
+    for dt in ("bf16", "fp32"):
+        types = {"x_ptr": f"*{dt}", "weight_ptr": f"*{dt}", "out_ptr": f"*{dt}", "rstd_ptr": "*fp32", "eps": "fp32"}
+        yield f"rms_norm forward {dt}", nr.rms_norm_forward_kernel, types, {"BLOCK_R": 4, "BLOCK_D": 2048}, 4
+        types = {"grad_out_ptr": f"*{dt}", "x_ptr": f"*{dt}", "weight_ptr": f"*{dt}", "rstd_ptr": "*fp32",
+                 "grad_x_ptr": f"*{dt}", "partial_grad_weight_ptr": "*fp32"}  # fmt: skip
+        yield f"rms_norm backward {dt}", nr.rms_norm_backward_kernel, types, {"BLOCK_R": 4, "BLOCK_D": 2048}, 4
+        types = {"x_ptr": f"*{dt}", "cos_ptr": "*fp32", "sin_ptr": "*fp32", "out_ptr": f"*{dt}"}
+        blocks = {"NEOX": False, "SIGN": -1, "BLOCK_S": 64, "BLOCK_P": 64}
+        yield f"rope {dt}", nr.rope_kernel, types, blocks, 4
+
+
 def _variants():
     """(label, kernel, pointer/float argument types (others default to i32), constexprs, num_warps or options)."""
     fl = fused_logprobs_kernel
@@ -67,6 +80,7 @@ def _variants():
     grad |= {name: "*fp32" for name in ("lse_ptr", "mean_z_ptr", "grad_logprobs_ptr", "grad_entropy_ptr")}
     yield "fused_logprobs stats", fl.online_softmax_stats_kernel, stats, {"BLOCK_T": 16, "BLOCK_V": 512}, 8
     yield "fused_logprobs grad", fl.logits_grad_kernel, grad, {"BLOCK_T": 16, "BLOCK_V": 512}, 8
+    yield from _norm_rope_variants(norm_rope_kernel)
     for variant in _per_dtype_variants(moe_experts_kernel, rrattention_kernel):
         # fp32 is the test models' dtype: only its cheap copy/estimate kernels are compiled here (the matmul
         # kernels' fp32 builds take minutes on CI; the GPU run's cuda-float32 tests compile them).
