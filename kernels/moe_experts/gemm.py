@@ -147,7 +147,7 @@ class StockGemm:
         c_EMP = torch._grouped_mm(a_NM.t(), b_NP, offs=rt.group_ends_E).to(out_dtype)
         if a_NM.is_cuda and torch.cuda.get_device_capability(a_NM.device)[0] >= 10:
             # Blackwell's grouped GEMM leaves experts without rows unwritten in the weight-gradient form
-            # (pytorch issue 172439); Hopper and the CPU loop write zeros.
+            # (a known PyTorch bug with zero-size groups); Hopper and the CPU loop write zeros.
             c_EMP = c_EMP.masked_fill((rt.tokens_per_expert_E == 0)[:, None, None], 0.0)
         return c_EMP
 

@@ -19,7 +19,7 @@ from kernels._dispatch import launcher, use_triton
 from kernels.norm_rope.kernel import rms_norm_backward_kernel, rms_norm_forward_kernel, rope_kernel
 from kernels.norm_rope.reference import rms_norm_reference, rope_reference
 
-ROPE_STYLES = ("interleaved", "neox")
+ROPE_LAYOUTS = ("interleaved", "neox")
 _MAX_BLOCK_ELEMENTS = 8192  # rows per RMSNorm program: whole rows, ~8K fp32 values per program
 
 
@@ -139,8 +139,8 @@ def rope(x_BHSD: Tensor, cos_BSP: Tensor, sin_BSP: Tensor, style: str = "interle
 
     cos_BSP / sin_BSP: [B or 1, S, Dh/2] angles' cosines and sines (float32, not differentiated).
     """
-    if style not in ROPE_STYLES:
-        raise ValueError(f"kernels.rope: style={style!r} is not one of {ROPE_STYLES}; interleaved = GPT-J pairs "
+    if style not in ROPE_LAYOUTS:
+        raise ValueError(f"kernels.rope: style={style!r} is not one of {ROPE_LAYOUTS}; interleaved = GPT-J pairs "
                          f"(Ernie4.5), neox = rotate-half (Qwen3, OLMoE).")  # fmt: skip
     if x_BHSD.dim() != 4 or x_BHSD.shape[-1] % 2 or cos_BSP.shape[-1] * 2 != x_BHSD.shape[-1]:
         raise ValueError(f"kernels.rope: expected x [B, H, S, Dh] with even Dh and cos/sin [B, S, Dh/2]; got x "

@@ -44,7 +44,7 @@ DEFAULT_BLOCK_SIZE = 128
 DEFAULT_STRIDE = 8
 DEFAULT_TAU = 0.95
 # Below this share of skipped causal blocks the op runs dense SDPA. Break-even measured on an H200: the sparse
-# kernels run at ~0.7 (Flex) of FlashAttention's time per block, so skipping pays from ~30 % on (docs/kernels.md).
+# kernels run at ~0.7x FlashAttention's speed per block (Flex), so skipping pays from ~30 % on (docs/kernels.md).
 DEFAULT_DENSE_BELOW = 0.3
 
 ATTENTION_BACKENDS: dict[str, Callable[..., Tensor]] = {
