@@ -127,7 +127,7 @@ def run(config_name: str, device: str, steps: int | None = None) -> dict:
     record = {"config": config_name, "device": device, "torch": torch.__version__, "batch": batch, "seq": seq,
               "dtype": spec["dtype"], "params_total": sum(p.numel() for p in params),
               "fwd_bwd_ms": statistics.median(fwd_bwd_ms[warm]), "step_ms": statistics.median(step_ms[warm]),
-              "fwd_bwd_ms_all": [round(t, 1) for t in fwd_bwd_ms],
+              "fwd_bwd_ms_all": [round(t, 1) for t in fwd_bwd_ms], "step_ms_all": [round(t, 1) for t in step_ms],
               "dispatch": dispatch_report(model, device)}  # fmt: skip
     tokens = batch * seq
     flops = model_flops_per_token(cfg, seq) * tokens
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     record = run(args.config, args.device, args.steps)
-    print(json.dumps({k: v for k, v in record.items() if k != "fwd_bwd_ms_all"}, indent=1))
+    print(json.dumps({k: v for k, v in record.items() if not k.endswith("_all")}, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=2) + "\n")
