@@ -62,7 +62,7 @@ fi
 PYTEST_OPTS=()
 $PY -c "import pytest_timeout" 2>/dev/null || PYTEST_OPTS=(-o addopts=-ra)
 if $PY -c "import pytest" 2>/dev/null; then
-  run_step pytest_gpu 200 $PY -m pytest tests/kernels tests/unit/test_adagc.py -m gpu -v -p no:cacheprovider "${PYTEST_OPTS[@]}" \
+  run_step pytest_gpu 200 $PY -m pytest tests/kernels tests/unit/test_adagc.py -m gpu -v -p no:cacheprovider ${PYTEST_OPTS[@]+"${PYTEST_OPTS[@]}"} \
     --durations=15 --junitxml="$OUT_DIR/pytest_gpu.xml"
 else
   echo "== pytest_gpu: skipped (pytest is not installed; put its wheels in benchmarks/wheels/)"
