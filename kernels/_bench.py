@@ -74,9 +74,12 @@ def report(record: dict[str, Any]) -> None:
                            for key, value in record.items()))  # fmt: skip
 
 
-def write(out: Path | None, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
+def write(out: Path | None, meta: dict[str, Any], records: list[dict[str, Any]], partial: bool = False) -> None:
+    """Writes meta + records; `partial=True` after each part, so a run cut by a deadline keeps what it measured
+    ("complete": false in the file until the final call)."""
     if out is None:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**meta, "results": records}, indent=2) + "\n")
-    print(f"  wrote {out}")
+    out.write_text(json.dumps({**meta, "complete": not partial, "results": records}, indent=2) + "\n")
+    if not partial:
+        print(f"  wrote {out}")

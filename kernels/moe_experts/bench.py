@@ -140,6 +140,7 @@ def main() -> None:
     for index, shape in enumerate(CUDA_SHAPES if args.device == "cuda" else CPU_SHAPES):
         records.append(bench_shape(shape, args.device, dtype, first=index == 0))
         _bench.report(records[-1])
+        _bench.write(args.out, meta, records, partial=True)
         if args.device == "cuda":
             torch.cuda.empty_cache()
     if args.sweep and args.device == "cuda":

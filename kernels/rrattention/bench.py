@@ -28,6 +28,7 @@ from kernels.rrattention import (
     rr_attention,
     rr_attention_reference,
     rr_estimate_triton,
+    select_attention_backend,
 )
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK, STRIDE, TAU = 32, 8, 128, 128, 8, 0.95
@@ -78,8 +79,10 @@ def bench_op(seq_len: int, device: str, dtype: torch.dtype, local_groups: int = 
               "dtype": str(dtype).removeprefix("torch.")}  # fmt: skip
     record["selected_sparsity"] = float(rr_attention(q_BHLd, k_BGLd, v_BGLd, BLOCK, STRIDE, TAU, dense_below=0.0)[2])
     record["applied_sparsity"] = float(rr_attention(q_BHLd, k_BGLd, v_BGLd, BLOCK, STRIDE, TAU)[2])
-    record["path"] = "dense fallback" if record["applied_sparsity"] == 0.0 and record["selected_sparsity"] > 0 else (
-        "sparse" if record["applied_sparsity"] > 0 else "sparse (nothing skipped)")
+    # Below DEFAULT_DENSE_BELOW selected sparsity (0 included) the op falls back and reports sparsity 0.
+    record["path"] = "sparse" if record["applied_sparsity"] > 0 else "dense fallback"
+    # The dispatch decision as the op takes it: dense SDPA below the break-even sparsity, else this backend.
+    record["backend"] = "sdpa" if record["path"] == "dense fallback" else select_attention_backend(q_BHLd, BLOCK)
     record["op_ms"] = _bench.time_ms(lambda: rr_attention(q_BHLd, k_BGLd, v_BGLd, BLOCK, STRIDE, TAU), device)
     record["op_sparse_only_ms"] = _bench.time_ms(
         lambda: rr_attention(q_BHLd, k_BGLd, v_BGLd, BLOCK, STRIDE, TAU, dense_below=0.0), device)
@@ -129,7 +132,7 @@ def bench_backward(seq_len: int, device: str, dtype: torch.dtype) -> dict:
 def bench_cpu() -> list[dict]:
     q_BHLd, k_BGLd, v_BGLd = (t.float() for t in _qkv(1024, "cpu", torch.float32))
     q_BHLd, k_BGLd, v_BGLd = q_BHLd[:, :8, :, :64], k_BGLd[:, :2, :, :64], v_BGLd[:, :2, :, :64]
-    record = {"part": "op", "L": 1024, "H": 8, "G": 2, "d": 64}
+    record = {"part": "op", "L": 1024, "H": 8, "G": 2, "d": 64, "backend": "reference (CPU path)"}
     record["reference_ms"] = _bench.time_ms(lambda: rr_attention_reference(q_BHLd, k_BGLd, v_BGLd, 128, 8, TAU), "cpu")
     record["sparsity"] = float(rr_attention(q_BHLd, k_BGLd, v_BGLd, 128, 8, TAU)[2])
     return [record]
@@ -149,15 +152,20 @@ def main() -> None:
     dtype = torch.bfloat16
     lengths = CUDA_LENGTHS[-1:] if args.quick else CUDA_LENGTHS
     records = []
+
+    def keep(new_records: list[dict]) -> None:  # report and save after every part (a deadline may cut the run)
+        records.extend(new_records)
+        _bench.write(args.out, meta, records, partial=True)
+
     for seq_len in lengths:
-        records.append(bench_op(seq_len, "cuda", dtype))
+        keep([bench_op(seq_len, "cuda", dtype)])
         _bench.report(records[-1])
-    records += bench_masks(lengths[-1], [0.0, 0.5, 0.75], ["flex"], "cuda", dtype)
-    records += bench_masks(lengths[-1], [0.5], ["triton"], "cuda", dtype)
+    keep(bench_masks(lengths[-1], [0.0, 0.5, 0.75], ["flex"], "cuda", dtype))
+    keep(bench_masks(lengths[-1], [0.5], ["triton"], "cuda", dtype))
     for local_groups in (4, 6):
-        records.append(bench_op(lengths[-1], "cuda", dtype, local_groups))
+        keep([bench_op(lengths[-1], "cuda", dtype, local_groups)])
         _bench.report(records[-1])
-    records.append(bench_backward(32768 if not args.quick else lengths[-1], "cuda", dtype))
+    keep([bench_backward(32768 if not args.quick else lengths[-1], "cuda", dtype)])
     _bench.report(records[-1])
     _bench.write(args.out, meta, records)
 

@@ -256,8 +256,9 @@ class AdaGC(GradientClipper):
                 continue
             num_clipped += below_one
             if is_e:
-                shape = (size,) + (1,) * (grad.dim() - 1)
-                put(name, (grad.float() * scale_U[offset - size:offset].reshape(shape)).to(grad.dtype))
+                # float32 scales: a float64 one would promote the whole [E, ...] stack to a float64 temporary.
+                scale_E = scale_U[offset - size:offset].float().reshape((size,) + (1,) * (grad.dim() - 1))
+                put(name, (grad.float() * scale_E).to(grad.dtype))
             else:
                 put(name, grad * float(unit_scales[0]))
         return ClipStats(grad_norm=float(stats[0]), num_clipped=num_clipped)
