@@ -18,8 +18,9 @@ class ArithmeticPromptsConfig:
     max_digits: int = 3
     """Largest operand size."""
     min_digits: int = 1
-    """Smallest operand size; above the pretraining corpus's 3 digits it makes the hard split (recipes
-    `*_hard`): problems the base almost never solves, for AHRL and DAPO dynamic sampling."""
+    """Smallest operand size. min_digits 4 with max_digits 5 is the hard split (recipes grpo_tiny_hard_*):
+    operands longer than the pretraining corpus's 3 digits, which the base almost never solves; for AHRL and
+    DAPO dynamic sampling."""
 
     def __post_init__(self) -> None:
         check(1 <= self.max_digits <= 9, "ArithmeticPromptsConfig.max_digits", self.max_digits, "must be in [1, 9]",
