@@ -36,15 +36,16 @@ def setup(smoke_base_model):
 
 def test_misc_with_wpsm_two_steps(setup):
     config, (generator, scorer, trainer), prompts = setup
-    # every response with a reward >= 0.2 passes; tau 0 and a wide entropy bound flag every passing one
-    loop = ControllerConfig(num_steps=2, num_prompts_per_step=4, pass_threshold=0.2,
-                            wpsm=WPSMConfig(enabled=True, tau=0.0, eta=50.0))
+    # every response passes (reward >= 0) and every query is well learned (acc 1 > tau 0): a wide entropy bound
+    # flags every response, whose advantage keeps 1 - alpha = half its value (so the step still trains)
+    loop = ControllerConfig(num_steps=2, num_prompts_per_step=4, pass_threshold=0.0,
+                            wpsm=WPSMConfig(enabled=True, tau=0.0, eta=50.0, alpha=0.5))
     controller = Controller(generator, scorer, trainer, prompts.train_batch, loop, config.sampling,
                             policy_version=trainer.call("current_version"))
     for step in range(2):
         metrics = controller.run_step(step)
         assert metrics["train/skipped"] == 0.0 and metrics["loss/policy"] == metrics["loss/policy"]  # finite
-        assert metrics["wpsm/well_learned_frac"] > 0.0
+        assert metrics["wpsm/well_learned_frac"] == 1.0
         assert 0.0 <= metrics["correction/masked_frac"] < 0.5 and metrics["correction/weight_mean"] > 0.5
         assert metrics["train/kl_train_infer"] > 0.0  # bf16 engine vs float32 learner
         assert metrics["moe/route_mismatch_during_update"] == 0.0
