@@ -50,7 +50,7 @@ HARD_SPLIT = ("prompts.max_digits=5", "prompts.min_digits=4")  # max first: min 
 
 def stability(steps: int) -> Study:
     """The train-inference stability and ERNIE 5.0 stabiliser study (16 prompts x 8 samples per step)."""
-    common = (f"loop.num_steps={steps}", f"eval.every_steps={max(1, steps // 3)}", "eval.num_prompts=256",
+    common = (f"loop.num_steps={steps}", f"eval.every_steps={max(1, steps // 2)}", "eval.num_prompts=256",
               "checkpoint_every=0")
     base = "grpo_tiny_bf16_r3"  # bf16 rollouts, R3, 16 x 8, lr 2e-4, no KL term, constant LR
     variants = [
@@ -102,7 +102,7 @@ def run_study(study: Study, out: Path, extra: list[str], only: set[str] | None) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.ablate", description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True, choices=sorted(STUDIES))
-    parser.add_argument("--steps", type=int, default=30, help="RL steps per variant (evaluated every steps/3)")
+    parser.add_argument("--steps", type=int, default=20, help="RL steps per variant (evaluated every steps/2)")
     parser.add_argument("--out", default="", help="study folder (default runs/ablate_<study>)")
     parser.add_argument("--only", default="", help="comma-separated variant names to run (others are reused)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

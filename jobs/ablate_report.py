@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rl_platform.run_dir import read_metrics  # noqa: E402
 
 CURVES = [  # (file, metric, title)
-    ("entropy", "policy/entropy", "policy entropy (nats/token, trained tokens)"),
+    ("entropy", "rollout/entropy", "policy entropy (nats/token, every sampled token, T=1)"),
+    ("entropy_trained", "policy/entropy", "policy entropy (nats/token, trained tokens only)"),
     ("train_infer_kl", "train/kl_train_infer", "train-inference KL (k3, per token)"),
     ("reward", "reward/mean", "training reward (step's prompts, unhinted)"),
     ("heldout_pass", "eval/pass_rate", "held-out greedy pass@1"),
@@ -25,7 +26,8 @@ COLUMNS = [  # (summary key, header, format)
     ("greedy_final", "greedy pass@1 final", ".3f"), ("greedy_best", "greedy best", ".3f"),
     ("sampled_final", "sampled pass@1 final", ".3f"), ("sampled_best", "sampled best", ".3f"),
     ("greedy_start", "greedy at step 0", ".3f"),
-    ("entropy_end", "entropy end", ".3f"), ("entropy_max_drop", "entropy largest drop", ".3f"),
+    ("entropy_start", "entropy start", ".3f"), ("entropy_end", "entropy end", ".3f"),
+    ("entropy_max_drop", "entropy largest drop", ".3f"), ("trained_entropy_end", "trained-token entropy end", ".3f"),
     ("kl_train_infer_mean", "mean train-inf KL", ".2e"), ("masked_frac_mean", "masked frac", ".2e"),
     ("well_learned_frac_mean", "WPSM masked", ".3f"), ("hinted_frac_mean", "hinted groups", ".3f"),
     ("hinted_pass_rate_mean", "pass with hint", ".3f"), ("hint_tokens_mean", "hint tokens", ".1f"),
@@ -51,6 +53,17 @@ def max_drawdown(values: list[float]) -> float:
     return worst
 
 
+SMOOTH = 3
+"""Entropy columns use a moving average over this many steps: one step's 128 samples are a noisy estimate."""
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Means of every `window` consecutive values (the series itself when it is shorter than the window)."""
+    if len(values) < window:
+        return [statistics.fmean(values)] if values else []
+    return [statistics.fmean(values[i:i + window]) for i in range(len(values) - window + 1)]
+
+
 def summarise(rows: list[dict], wall_seconds: float) -> dict[str, float]:
     """The table row of one variant from its metrics.jsonl rows."""
     out: dict[str, float] = {"wall_minutes": wall_seconds / 60}
@@ -59,10 +72,12 @@ def summarise(rows: list[dict], wall_seconds: float) -> dict[str, float]:
         out[f"{name}_start"] = evals[0] if evals else math.nan
         out[f"{name}_final"] = evals[-1] if evals else math.nan
         out[f"{name}_best"] = max(evals) if evals else math.nan
-    entropy = [v for _, v in _values(rows, "policy/entropy")]
+    entropy = moving_average([v for _, v in _values(rows, "rollout/entropy")], SMOOTH)
     out["entropy_start"] = entropy[0] if entropy else math.nan
     out["entropy_end"] = entropy[-1] if entropy else math.nan
     out["entropy_max_drop"] = max_drawdown(entropy) if entropy else math.nan
+    trained = moving_average([v for _, v in _values(rows, "policy/entropy")], SMOOTH)
+    out["trained_entropy_end"] = trained[-1] if trained else math.nan
     for key, name in (("train/kl_train_infer", "kl_train_infer_mean"), ("correction/masked_frac", "masked_frac_mean"),
                       ("wpsm/well_learned_frac", "well_learned_frac_mean"), ("ahrl/hinted_frac", "hinted_frac_mean"),
                       ("ahrl/hinted_pass_rate", "hinted_pass_rate_mean"), ("ahrl/hint_tokens_mean", "hint_tokens_mean"),
@@ -84,7 +99,8 @@ def _plot(out: Path, runs: dict[str, list[dict]], splits: dict[str, str]) -> lis
                         label=name)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("RL step")
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / f"{file}.png", dpi=110)
         plt.close(fig)
@@ -110,9 +126,12 @@ def write_study_report(study_dir: Path, variants: list[tuple[str, str]]) -> Path
         cells = [format(row[key], fmt) if not math.isnan(row[key]) else "-" for key, _, fmt in COLUMNS]
         lines.append(f"| {name} | {row['split']} | " + " | ".join(cells) + " |")
     files = _plot(report, runs, splits) if runs else []
-    lines += ["", "Entropy: `policy/entropy` of the trained tokens at the last step; largest drop = the largest fall "
-              "below its running maximum. KL and masked fraction: means over steps. Wall time includes engine "
-              "start-up and every evaluation.", "", *[f"![{f}]({f})" for f in files], ""]
+    lines += ["", f"Entropy: `rollout/entropy` (mean surprisal of every sampled token at T=1, an estimate of the "
+              f"per-token entropy), as a {SMOOTH}-step moving average: start = first window, end = last window, "
+              "largest drop = the largest fall below its running maximum; trained-token entropy = `policy/entropy` "
+              "(the learner's exact entropy over the tokens of the groups it trains on), last window. KL and "
+              "masked fraction: means over steps. Wall time includes engine start-up and every evaluation.",
+              "", *[f"![{f}]({f})" for f in files], ""]
     path = report / "summary.md"
     path.write_text("\n".join(lines))
     return path
