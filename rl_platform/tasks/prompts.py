@@ -54,6 +54,11 @@ class ArithmeticPrompts:
         rng = random.Random(f"{self.seed}:rl-train:{step}")
         return [self._prompt(rng, "train", f"{step}.{i}") for i in range(num_prompts)]
 
+    def resample_batch(self, step: int, start: int, num_prompts: int) -> list[Prompt]:
+        """DAPO's extra prompts for `step` (rl_platform/tasks/sources.py, PromptSource.resample_batch)."""
+        rng = random.Random(f"{self.seed}:rl-resample:{step}")
+        return [self._prompt(rng, "train", f"{step}.r{i}") for i in range(start + num_prompts)][start:]
+
     def with_hint(self, prompt: Prompt, fraction: float) -> Prompt:
         """The prompt followed by `fraction` of its worked solution's steps (AHRL)."""
         return hinted_prompt(prompt, fraction, self.tokenizer)
