@@ -255,7 +255,8 @@ def rollout_metrics(rollouts: list[Rollout], advantages: list[float | None], con
         "rollout/response_length_max": float(max(lengths, default=0)),
         "rollout/truncated_frac": sum(r.completion.finish_reason == "length" for r in rollouts) / max(1, len(rollouts)),
         # every sampled token of the step, not only the trained ones (policy/entropy): the mean surprisal under
-        # the engine is a Monte-Carlo estimate of the per-token entropy at the sampling temperature
+        # the engine estimates the per-token entropy when sampling at temperature 1 (the engine's log-probs are
+        # the model's own, so at another temperature it is a cross-entropy)
         "rollout/entropy": -statistics.fmean(lp for r in rollouts for lp in r.completion.generator_logprobs)
         if any(r.completion.generator_logprobs for r in rollouts) else float("nan"),
     }
