@@ -157,7 +157,8 @@ def _loop(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, s
     sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + 1_000_003 * config.run.seed)
     controller = Controller(generator, scorer, trainer, prompts.train_batch, config.loop, sampling,
                             record_rollouts=run_dir.log_rollouts,
-                            hint_prompt=getattr(prompts, "with_hint", None))  # sources with worked solutions
+                            hint_prompt=getattr(prompts, "with_hint", None),  # sources with worked solutions
+                            resample_prompts=getattr(prompts, "resample_batch", None))  # DAPO refills
     start = 0
     if resume:
         start = checkpoints.resume(trainer)
