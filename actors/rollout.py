@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -78,10 +79,13 @@ class RolloutWorker:
         from vllm import SamplingParams, TokensPrompt
 
         self.calls += 1
-        params = SamplingParams(n=sampling.num_samples_per_prompt, max_tokens=sampling.max_tokens,
-                                temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                logprobs=0, seed=self.seed + sampling.seed, skip_special_tokens=True,
-                                ignore_eos=getattr(sampling, "ignore_eos", False))
+        # One seed per prompt (from its stable id): with one seed for the whole call, every prompt drew the same
+        # random numbers, so identical prompts got identical groups and different prompts correlated samples.
+        params = [SamplingParams(n=sampling.num_samples_per_prompt, max_tokens=sampling.max_tokens,
+                                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                                 logprobs=0, seed=self.seed + sampling.seed + zlib.crc32(p.prompt_id.encode()),
+                                 skip_special_tokens=True, ignore_eos=getattr(sampling, "ignore_eos", False))
+                  for p in prompts]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params,
                                     use_tqdm=False)
         groups = []
