@@ -111,9 +111,9 @@ def test_decomposition_attributes_a_layer1_route_flip_to_routing_at_layer1(model
 
 
 def test_worst_tokens_explain_the_token_after_a_forced_rare_expert(model):
+    probs = score(model, _batch(model), with_router=True).probs_BSLE
+
     def rare_layer0(routes, p):  # force, at position p+1, the expert the learner ranks last
-        with torch.no_grad():
-            probs = score(model, _batch(model), with_router=True).probs_BSLE
         worst = int(probs[0, p + 1, 0].argmin())
         routes[p + 1, 0, -1] = worst
         return routes
