@@ -30,6 +30,7 @@ import torch
 
 from kernels.fused_logprobs import fused_logprobs
 from rl_platform.batching import TrainingBatch, build_training_batch
+from rl_platform.checkpointing import CheckpointError, CheckpointStore, checkpoint_to_load
 from rl_platform.config import ConfigError, check
 from rl_platform.losses import GRPOLossConfig, LossConfig, PolicyLossInputs
 from rl_platform.model import MoETransformer
@@ -135,8 +136,10 @@ class _Observed:
     """The learner's view before the update (old log-probs, live routes), gathered over the whole batch or
     micro-batch by micro-batch, and turned into the train-infer and route-mismatch metrics."""
 
-    def __init__(self, batch: TrainingBatch) -> None:
+    def __init__(self, batch: TrainingBatch, moe_layers: tuple[int, ...]) -> None:
         self.batch = batch
+        self.moe_layers = moe_layers
+        """Decoder layer of each route slot (names the per-layer mismatch metrics)."""
         self.logprobs_BS = torch.zeros_like(batch.generator_logprobs_BS)
         routes = batch.rollout_routes_BSLK
         self.live_BSLK = None if routes is None else torch.full_like(routes, -1)
@@ -152,7 +155,7 @@ class _Observed:
         if self.live_BSLK is not None:
             valid = b.attention_mask_BS.bool() & (b.rollout_routes_BSLK[..., 0, 0] >= 0)
             out.update(route_mismatch_metrics(self.live_BSLK, b.rollout_routes_BSLK, valid,
-                                              prefix="moe/route_mismatch"))
+                                              prefix="moe/route_mismatch", layer_ids=self.moe_layers))
         return out
 
 
@@ -178,6 +181,8 @@ class Learner:
         self.engine, self.optimizer = build_deepspeed_engine(
             model, config.optim, zero_stage=config.zero_stage, bf16=config.bf16,
             micro_batch_size=config.micro_batch_size, grad_accum_steps=1)
+        # the adapter computes with, and publishes, the very module DeepSpeed updates
+        assert self.engine.module is self.policy.module
         self.clipper = config.optim.clipping.build([n for n, _ in model.named_parameters()])
         self.grad_access = deepspeed_gradient_access(self.engine.module.named_parameters())
         self.version = 0
@@ -202,7 +207,7 @@ class Learner:
             raise ValueError("LearnerConfig.routing_replay='R3' needs rollout routes, but the rollouts have none; "
                              "enable routed-expert capture in the rollout engine or use routing_replay='off'/'R2'")
         fused_old = folds_old_forward(cfg)
-        observed = _Observed(batch)
+        observed = _Observed(batch, self.policy.layer_map.moe_layers)
         if self.dumper is not None:
             self.dumper.save_weights(self.step, self.policy)  # the weights the rollouts were sampled with
         old_lp, recorded_routes = None, None
@@ -308,13 +313,22 @@ class Learner:
         tensors = {name: t.clone() for name, t in self.policy.checkpoint_tensors()}
         return PolicyWeights(version=self.version, tensors=tensors)
 
-    def save_checkpoint(self, path: str, client_state: dict) -> None:
+    def save_checkpoint(self, path: str, client_state: dict) -> str:
+        """Commits an atomic checkpoint under `path`, tagged by `client_state["step"]` (the loop's step, which
+        advances even when the learner's does not); returns the checkpoint's directory."""
         state = {**client_state, "learner_step": self.step, "version": self.version,
                  "clipper": self.clipper.state_dict(), "torch_rng": torch.get_rng_state()}
-        self.engine.save_checkpoint(path, tag=f"step{self.step}", client_state=state)
+        step = int(client_state.get("step", self.step))
+        info = CheckpointStore(path).save(step, lambda staging, tag: self.engine.save_checkpoint(
+            str(staging), tag=tag, client_state=state, save_latest=False), meta=client_state)
+        return str(info.path)
 
     def load_checkpoint(self, path: str) -> dict:
-        _, state = self.engine.load_checkpoint(path)
+        """Loads a checkpoint directory, or the newest valid checkpoint of a checkpoints/<role> folder."""
+        target = checkpoint_to_load(path)
+        loaded, state = self.engine.load_checkpoint(str(target.parent), tag=target.name)
+        if loaded is None:
+            raise CheckpointError(f"DeepSpeed found no loadable checkpoint in {target}")
         self.step = int(state["learner_step"])
         self.version = int(state["version"])
         self._published_step = self.step  # the checkpoint is taken after the step's weights were published
