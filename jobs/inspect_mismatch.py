@@ -83,15 +83,20 @@ def _engine_scores(dump: StepDump, rollout_dtype: str) -> dict:
 
 
 def _prefix_cache_check(dump: StepDump, rollout_dtype: str) -> dict:
-    """On the step's own prompts, with a 32-token KV block (the smallest vLLM-CPU takes) so that short prompts
-    are served from the cache at all; the rollout engine's 128-token blocks cache only prompts longer than 128."""
-    from rl_platform.engine_scoring import EngineScorer
+    """On the step's own prompts, with a 32-token KV block (the smallest vLLM-CPU takes); prompts shorter than
+    two blocks are chained with the step's other prompts so that the cache serves at least one block of each
+    (the rollout engine's 128-token blocks cache only prompts longer than 128)."""
+    from rl_platform.engine_scoring import EngineScorer, chain_prompts
 
     batch = dump.batch
     prompts = list(dict.fromkeys(tuple(batch.input_ids_BS[r, : int(batch.prompt_lengths_B[r])].tolist())
                                  for r in range(batch.input_ids_BS.shape[0])))
-    scorer = EngineScorer(dump.weights_dir, rollout_dtype, block_size=32)
-    return scorer.prefix_cache_check([list(p) for p in prompts])
+    block = 32
+    scorer = EngineScorer(dump.weights_dir, rollout_dtype, block_size=block)
+    chained = chain_prompts([list(p) for p in prompts], min_len=2 * block + 1)
+    report = scorer.prefix_cache_check(chained)
+    report["prompts_chained_to_min_len"] = 2 * block + 1 if chained != [list(p) for p in prompts] else 0
+    return report
 
 
 def print_report(step: int, report: dict) -> None:
