@@ -102,7 +102,7 @@ def test_rl_runs_print_progress_write_html_reports_and_compare(smoke_base_model,
 
 
 @pytest.mark.timeout(900)
-def test_pretraining_safety_cap_fails_loudly_then_resume_finishes(tmp_path, capsys):
+def test_pretraining_safety_cap_fails_loudly_then_resume_finishes(smoke_base_model, tmp_path, capsys):
     run_dir = tmp_path / "pre"
     args = ["--recipe", "pretrain_smoke", "--run-dir", str(run_dir)]
     with pytest.raises(SystemExit) as exc:
@@ -117,6 +117,11 @@ def test_pretraining_safety_cap_fails_loudly_then_resume_finishes(tmp_path, caps
     assert pretrain_job.main([*args, "--resume", "--set", "loop.max_minutes=0"]) == 0
     family = json.loads((run_dir / "models" / "family.json").read_text())
     assert set(family) >= {"full", "topk-1"}
+    # the model is defined by config, budget and seed: stopped by the cap and resumed, it is the model the cached
+    # base (same recipe, never stopped) is
+    cached = json.loads((smoke_base_model.parent / "family.json").read_text())
+    for name in family:
+        assert family[name]["val_loss"] == pytest.approx(cached[name]["val_loss"], rel=1e-5), name
     logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert max(logged) == 6
     page = assert_self_contained_page(run_dir / "report" / "report.html", min_images=4)
