@@ -71,6 +71,8 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
     # the loss must score tokens under the distribution the engine sampled them from
     learner = dataclasses.replace(config.learner, temperature=config.sampling.temperature,
                                   schedule_steps=config.loop.num_steps * config.learner.num_minibatches)
+    if learner.dump.enabled and not learner.dump.dir:
+        learner.dump = dataclasses.replace(learner.dump, dir=str(run_dir.path / "batches"))
     generator, scorer, trainer = start_roles(model_path=str(base_path), rollout=config.rollout,
                                              learner=learner, reward_config=config.reward,
                                              resources=config.resources, seed=config.run.seed)

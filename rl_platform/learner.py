@@ -37,6 +37,7 @@ from rl_platform.model.adapter import ModelAdapter, load_adapter
 from rl_platform.optim.adagc import AdaGCConfig, GlobalNormClipConfig, deepspeed_gradient_access
 from rl_platform.optim.optimizer import OptimConfig, build_deepspeed_engine, lr_at, set_lr
 from rl_platform.rl_metrics import route_mismatch_metrics, train_infer_metrics
+from rl_platform.step_dump import StepDumpConfig, StepDumper
 from rl_platform.types import PolicyWeights, Rollout
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class LearnerConfig:
     schedule_steps: int = 0
     """Optimizer steps of the whole run (jobs.rl sets it to loop.num_steps * num_minibatches): the span of
     optim.schedule and the length AdaGC's warm-up is checked against. 0: unknown (constant schedule only)."""
+    dump: StepDumpConfig = field(default_factory=StepDumpConfig)
+    """Opt-in per-update dump of the batch, the learner's view and the weights (jobs.inspect_mismatch)."""
 
     def __post_init__(self) -> None:
         check(self.num_minibatches >= 1, "LearnerConfig.num_minibatches", self.num_minibatches, "must be >= 1",
@@ -180,6 +183,7 @@ class Learner:
         self.version = 0
         self.step = 0
         self._published_step = 0
+        self.dumper = StepDumper(config.dump, model_path) if config.dump.enabled else None
 
     @property
     def model(self) -> MoETransformer:
@@ -199,6 +203,8 @@ class Learner:
                              "enable routed-expert capture in the rollout engine or use routing_replay='off'/'R2'")
         fused_old = folds_old_forward(cfg)
         observed = _Observed(batch)
+        if self.dumper is not None:
+            self.dumper.save_weights(self.step, self.policy)  # the weights the rollouts were sampled with
         old_lp, recorded_routes = None, None
         with torch.no_grad():
             if not fused_old:
@@ -210,9 +216,10 @@ class Learner:
                                                                    cfg.temperature), old_out)
                 recorded_routes = old_out.routes_BSLK
             replay_routes = {"off": None, "R2": recorded_routes, "R3": batch.rollout_routes_BSLK}[cfg.routing_replay]
+            # the reference is scored with the experts the update uses, so that its KL term compares weights
+            # and not two routings (docs/routing_replay.md)
             ref_lp = (response_logprobs(self.reference, batch, forced_routes=replay_routes,
-                                        temperature=cfg.temperature)[0]
-                      if self.reference is not None else None)
+                                        temperature=cfg.temperature)[0] if self.reference is not None else None)
         order = torch.arange(batch.input_ids_BS.shape[0])
         sums: dict[str, float] = {}
         used_mismatch = []
@@ -228,6 +235,11 @@ class Learner:
         metrics.update(sums)
         if batch.rollout_routes_BSLK is not None:
             metrics["moe/route_mismatch_during_update"] = float(sum(used_mismatch) / len(used_mismatch))
+        if self.dumper is not None:
+            self.dumper.save_batch(self.step, batch, learner_lp_BS=observed.logprobs_BS,
+                                   live_routes_BSLK=observed.live_BSLK, replay_routes_BSLK=recorded_routes,
+                                   num_experts=self.policy.layer_map.num_experts, mode=cfg.routing_replay,
+                                   temperature=cfg.temperature, metrics=metrics)
         self.step += 1
         return metrics
 
