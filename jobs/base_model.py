@@ -22,7 +22,7 @@ from jobs.cli import flatten
 from jobs.recipes import recipes_for
 from jobs.rl_config import BaseModelConfig
 from pretrain.stage import run_pretraining
-from rl_platform.config import ConfigError, config_to_dict
+from rl_platform.config import ConfigError, apply_overrides, config_to_dict
 from rl_platform.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,11 @@ def cache_dir_for(config: BaseModelConfig) -> tuple[Path, Any]:
     if config.pretrain_recipe not in recipes:
         raise ConfigError(f"base_model.pretrain_recipe={config.pretrain_recipe!r} is unknown; "
                           f"choose one of {sorted(recipes)}")
-    pretrain_config = recipes[config.pretrain_recipe]()
+    try:
+        pretrain_config = apply_overrides(recipes[config.pretrain_recipe](), list(config.pretrain_overrides))
+        pretrain_config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"base_model.pretrain_overrides={','.join(config.pretrain_overrides)!r}: {exc}") from None
     digest = hashlib.sha1(json.dumps(cache_key(pretrain_config), sort_keys=True).encode()).hexdigest()[:10]
     return Path(config.cache_dir) / f"{config.pretrain_recipe}-{digest}", pretrain_config
 
@@ -68,7 +72,8 @@ def describe_base_model(config: BaseModelConfig) -> str:
     loop = pretrain_config.loop
     cap = f", safety cap {loop.max_minutes:g} min" if loop.max_minutes else ""
     state = "resumes its unfinished pretraining" if _has_checkpoint(root) else "pretrains it first"
-    return (f"{root / 'models' / 'full'} is not cached: {state} (recipe {config.pretrain_recipe}, "
+    overrides = f" with {', '.join(config.pretrain_overrides)}" if config.pretrain_overrides else ""
+    return (f"{root / 'models' / 'full'} is not cached: {state} (recipe {config.pretrain_recipe}{overrides}, "
             f"{loop.num_steps} steps{cap})")
 
 
@@ -88,8 +93,9 @@ def ensure_base_model(config: BaseModelConfig) -> Path:
     run_dir = RunDir.create(pretrain_config.run, config.pretrain_recipe, pretrain_config)
     (root / "cache_key.json").write_text(json.dumps(cache_key(pretrain_config), indent=2, sort_keys=True) + "\n")
     try:
-        run_pretraining(pretrain_config, run_dir.path, run_dir.log_metrics, resume=resume,
-                        resume_hint=f"--recipe {config.pretrain_recipe} --run-dir {root}")
+        hint = " ".join([f"--recipe {config.pretrain_recipe} --run-dir {root}",
+                         *(f"--set {o}" for o in config.pretrain_overrides)])
+        run_pretraining(pretrain_config, run_dir.path, run_dir.log_metrics, resume=resume, resume_hint=hint)
     finally:
         run_dir.close()
     return model_dir

@@ -117,13 +117,14 @@ def fail(message: str) -> None:
 
 
 def print_dry_run(entry: str, recipe: str, config: Any, args: argparse.Namespace, plan: Plan | None) -> None:
-    print(json.dumps({"recipe": recipe, "config": config_to_dict(config)}, indent=2))
+    """Prints the resolved config and the plan; the plan is built first, so a problem it finds (a missing base
+    model, an unknown pretraining override) ends the dry run with its one-line error and nothing else."""
     run_dir = Path(config.run.run_dir)
-    state = "resume" if args.resume else "new"
-    lines = [f"run dir: {run_dir} ({state})"]
+    lines = [f"run dir: {run_dir} ({'resume' if args.resume else 'new'})"]
     if args.resume:
         lines += [f"  differs from the run's saved config: {d}" for d in resume_differences(config, run_dir)]
     lines += plan(recipe, config, args) if plan is not None else []
+    print(json.dumps({"recipe": recipe, "config": config_to_dict(config)}, indent=2))
     print(f"\ndry run of jobs.{entry} --recipe {recipe}: the config above is valid; nothing was started.")
     print("plan:")
     for line in lines:

@@ -76,6 +76,8 @@ RL_CROSS_FIELD_ERRORS = [
     (["learner.num_minibatches=17"], "learner.num_minibatches=17 must be <= the rollouts per step (16"),
     (["base_model.pretrain_recipe=nope"], "base_model.pretrain_recipe='nope' is unknown"),
     (["base_model.path=/nonexistent/model"], "base_model.path='/nonexistent/model' has no config.json"),
+    (["base_model.pretrain_overrides=run.sed=1"], "base_model.pretrain_overrides='run.sed=1': --set run.sed=1: "
+                                                  "unknown key 'run.sed'"),
 ]
 PRETRAIN_CROSS_FIELD_ERRORS = [
     (["data.seq_len=2048"], "model.max_position_embeddings=1024 must be >= data.seq_len=2048"),
