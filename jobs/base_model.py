@@ -23,6 +23,7 @@ from jobs.recipes import recipes_for
 from jobs.rl_config import BaseModelConfig
 from pretrain.stage import run_pretraining
 from rl_platform.config import ConfigError, apply_overrides, config_to_dict
+from rl_platform.model.adapter import layer_map_from_dir
 from rl_platform.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -60,11 +61,19 @@ def cache_dir_for(config: BaseModelConfig) -> tuple[Path, Any]:
 
 
 def describe_base_model(config: BaseModelConfig) -> str:
-    """One line saying where the base model comes from; raises ConfigError for a bad path or recipe."""
+    """One line saying where the base model comes from; raises ConfigError for a missing model, a bad path,
+    an unsupported architecture or an unknown recipe."""
+    if not config.path and not config.pretrain_recipe:
+        raise ConfigError("base_model: this recipe needs a model: --set base_model.path=<a Hugging Face MoE "
+                          "directory>")
     if config.path:
         if not (Path(config.path) / "config.json").exists():
             raise ConfigError(f"base_model.path={config.path!r} has no config.json; give an exported HF "
                               "directory (e.g. <run>/models/policy) or leave it empty to pretrain one")
+        try:
+            layer_map_from_dir(config.path)  # reads config.json only
+        except ValueError as exc:
+            raise ConfigError(f"base_model.path={config.path!r}: {exc}") from None
         return f"{config.path} (given)"
     root, pretrain_config = cache_dir_for(config)
     if (root / "models" / "family.json").exists():

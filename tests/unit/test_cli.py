@@ -76,6 +76,7 @@ RL_CROSS_FIELD_ERRORS = [
     (["learner.num_minibatches=17"], "learner.num_minibatches=17 must be <= the rollouts per step (16"),
     (["base_model.pretrain_recipe=nope"], "base_model.pretrain_recipe='nope' is unknown"),
     (["base_model.path=/nonexistent/model"], "base_model.path='/nonexistent/model' has no config.json"),
+    (["base_model.pretrain_recipe="], "base_model: this recipe needs a model: --set base_model.path="),
     (["base_model.pretrain_overrides=run.sed=1"], "base_model.pretrain_overrides='run.sed=1': --set run.sed=1: "
                                                   "unknown key 'run.sed'"),
 ]
@@ -96,6 +97,15 @@ def test_cross_field_errors_exit_2_with_one_line_before_anything_starts(entry, o
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith(f"error: jobs.{entry}: ") and message in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unsupported_model_architecture_is_refused_by_the_dry_run(tmp_path, capsys, nothing_starts):
+    model = tmp_path / "mixtral"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral"}))
+    assert _main("rl", "--set", f"base_model.path={model}", "--dry-run") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: jobs.rl: base_model.path='{model}': ") and "MixtralForCausalLM" in err
 
 
 def test_cross_field_rules_run_after_all_overrides_so_their_order_does_not_matter(tmp_path, capsys):
