@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from jobs.cli import flatten
+from jobs.preflight import check_base_model
 from jobs.recipes import recipes_for
 from jobs.rl_config import BaseModelConfig
 from pretrain.stage import run_pretraining
+from rl_platform.checkpointing import CheckpointStore
 from rl_platform.config import ConfigError, apply_overrides, config_to_dict
 from rl_platform.model.adapter import layer_map_from_dir
 from rl_platform.run_dir import RunDir
@@ -34,7 +36,7 @@ model, loop, export), so cached base models of the old code are not reused. 2: t
 cut short by a wall-clock cap."""
 
 RESULT_NEUTRAL_KEYS = frozenset({"loop.max_minutes", "loop.log_every", "loop.checkpoint_every", "run.run_dir",
-                                 "run.use_wandb", "run.wandb_project"})
+                                 "run.use_wandb", "run.wandb_project", "checkpoint.keep_last", "checkpoint.verify"})
 """Pretraining fields that change how a run is watched or stored, never the weights it produces."""
 
 
@@ -67,13 +69,11 @@ def describe_base_model(config: BaseModelConfig) -> str:
         raise ConfigError("base_model: this recipe needs a model: --set base_model.path=<a Hugging Face MoE "
                           "directory>")
     if config.path:
-        if not (Path(config.path) / "config.json").exists():
-            raise ConfigError(f"base_model.path={config.path!r} has no config.json; give an exported HF "
-                              "directory (e.g. <run>/models/policy) or leave it empty to pretrain one")
-        try:
-            layer_map_from_dir(config.path)  # reads config.json only
-        except ValueError as exc:
-            raise ConfigError(f"base_model.path={config.path!r}: {exc}") from None
+        # a model of an unsupported architecture is refused as such, before its files are checked
+        if _declared_architectures(Path(config.path) / "config.json"):
+            _check_architecture(config.path)
+        check_base_model(config.path)  # config, weights and tokenizer readable, tokenizer fits the model
+        _check_architecture(config.path)
         return f"{config.path} (given)"
     root, pretrain_config = cache_dir_for(config)
     if (root / "models" / "family.json").exists():
@@ -104,11 +104,26 @@ def ensure_base_model(config: BaseModelConfig) -> Path:
     try:
         hint = " ".join([f"--recipe {config.pretrain_recipe} --run-dir {root}",
                          *(f"--set {o}" for o in config.pretrain_overrides)])
-        run_pretraining(pretrain_config, run_dir.path, run_dir.log_metrics, resume=resume, resume_hint=hint)
+        run_pretraining(pretrain_config, run_dir.path, run_dir.log_metrics, resume=resume, run_files=run_dir,
+                        resume_hint=hint)
     finally:
         run_dir.close()
     return model_dir
 
 
 def _has_checkpoint(root: Path) -> bool:
-    return (root / "checkpoints" / "pretrain" / "latest").exists()
+    return CheckpointStore(root / "checkpoints" / "pretrain").newest_valid() is not None
+
+
+def _check_architecture(path: str) -> None:
+    try:
+        layer_map_from_dir(path)  # reads config.json only
+    except ValueError as exc:
+        raise ConfigError(f"base_model.path={path!r}: {exc}") from None
+
+
+def _declared_architectures(config_json: Path) -> list:
+    try:
+        return list(json.loads(config_json.read_text()).get("architectures") or [])
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
