@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,6 +67,10 @@ class RolloutWorker:
                              enable_routed_experts=True, enforce_eager=config.enforce_eager,
                              kv_cache_gib=config.kv_cache_gib, max_num_seqs=config.max_num_seqs)
         self.tokenizer = self.llm.get_tokenizer()
+        from rl_platform.model.adapter import layer_map_from_dir
+
+        # vLLM captures a row per decoder layer; the learner's routes cover the MoE layers only
+        self.layer_map = layer_map_from_dir(model_path)
         self.version = 0
         self.calls = 0
         logger.info("engine up in %.1f s (%s, %s)", time.perf_counter() - start, model_path, config.dtype)
@@ -74,10 +79,13 @@ class RolloutWorker:
         from vllm import SamplingParams, TokensPrompt
 
         self.calls += 1
-        params = SamplingParams(n=sampling.num_samples_per_prompt, max_tokens=sampling.max_tokens,
-                                temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                logprobs=0, seed=self.seed + sampling.seed, skip_special_tokens=True,
-                                ignore_eos=getattr(sampling, "ignore_eos", False))
+        # One seed per prompt (from its stable id): with one seed for the whole call, every prompt drew the same
+        # random numbers, so identical prompts got identical groups and different prompts correlated samples.
+        params = [SamplingParams(n=sampling.num_samples_per_prompt, max_tokens=sampling.max_tokens,
+                                 temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                                 logprobs=0, seed=self.seed + sampling.seed + zlib.crc32(p.prompt_id.encode()),
+                                 skip_special_tokens=True, ignore_eos=getattr(sampling, "ignore_eos", False))
+                  for p in prompts]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p.token_ids) for p in prompts], params,
                                     use_tqdm=False)
         groups = []
@@ -86,7 +94,8 @@ class RolloutWorker:
             for i, c in enumerate(out.outputs):
                 token_ids = list(c.token_ids)
                 logprobs = [c.logprobs[j][tok].logprob for j, tok in enumerate(token_ids)]
-                routes = None if c.routed_experts is None else np.asarray(c.routed_experts)
+                routes = (None if c.routed_experts is None
+                          else self.layer_map.engine_to_moe(np.asarray(c.routed_experts)))
                 finish = c.finish_reason if c.finish_reason in ("stop", "length") else "abort"
                 group.append(Completion(prompt_id=prompt.prompt_id, sample_index=i, token_ids=token_ids,
                                         text=c.text, generator_logprobs=logprobs, routed_experts=routes,

@@ -64,7 +64,8 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
     from actors.remote import start_roles
 
     # the loss must score tokens under the distribution the engine sampled them from
-    learner = dataclasses.replace(config.learner, temperature=config.sampling.temperature)
+    learner = dataclasses.replace(config.learner, temperature=config.sampling.temperature,
+                                  schedule_steps=config.loop.num_steps * config.learner.num_minibatches)
     generator, scorer, trainer = start_roles(model_path=str(base_path), rollout=config.rollout,
                                              learner=learner, reward_config=config.reward,
                                              resources=config.resources, seed=config.run.seed)
@@ -73,7 +74,7 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
     held_out = prompts.held_out(config.eval.num_prompts)
     sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + 1_000_003 * config.run.seed)
     controller = Controller(generator, scorer, trainer, prompts.train_batch, config.loop, sampling,
-                            record_rollouts=run_dir.log_rollouts)
+                            record_rollouts=run_dir.log_rollouts, hint_prompt=prompts.with_hint)
     ckpt = run_dir.checkpoints / "rl"
     start = 0
     if resume and (ckpt / "latest").exists():

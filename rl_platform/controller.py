@@ -9,7 +9,12 @@ Consumes / waits for / unblocked by, per step:
 - score:     consumes the completions; a failed sample comes back marked (value None), never as 0;
 - train:     consumes the rollouts with their advantages; failed samples are masked out of the loss;
 - sync:      publishes version v+1 and blocks until every engine serves it.
-Metrics are returned per step (`area/name` keys) and written by the caller's sink.
+Metrics are returned per step (`area/name` keys) and written by the caller's sink; `reward/*` describe the
+step's own prompts as first sampled, before AHRL hints or DAPO refills changed the batch.
+Algorithm stages (each a module, off by default; docs/rl_algorithms.md): AHRL hints all-failed groups
+(rl_platform/ahrl.py), DAPO refills the batch with signal-carrying groups (rl_platform/dynamic_sampling.py),
+the advantage estimator is a registered variant (rl_platform/advantages.py), WPSM down-weights well-learned
+positive samples (rl_platform/wpsm.py).
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from rl_platform.advantages import group_advantages
+from rl_platform.advantages import AdvantageConfig, GRPOAdvantage
+from rl_platform.ahrl import AHRL, AHRLConfig, HintFn
 from rl_platform.config import check
+from rl_platform.dynamic_sampling import DynamicSampler, DynamicSamplingConfig
 from rl_platform.protocols import Generator, PolicyTrainer, RewardScorer
 from rl_platform.types import Completion, Prompt, Rollout
+from rl_platform.wpsm import WPSM, WPSMConfig
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +69,14 @@ class ControllerConfig:
     num_steps: int = 40
     """RL steps (each: one rollout batch, one or more optimizer steps, one weight sync)."""
     num_prompts_per_step: int = 16
-    normalize_advantage_std: bool = True
-    """GRPO's std normalisation; False gives Dr. GRPO's mean-only baseline."""
+    advantage: AdvantageConfig = field(default_factory=GRPOAdvantage)
+    """Group-relative advantage estimator: grpo (std-normalised) | dr_grpo (mean only) | rloo."""
+    wpsm: WPSMConfig = field(default_factory=WPSMConfig)
+    """Well-learned positive sample mask (ERNIE 5.0), off by default."""
+    ahrl: AHRLConfig = field(default_factory=AHRLConfig)
+    """Hinted re-sampling of all-failed groups (ERNIE 5.0), off by default."""
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    """DAPO's refill of the batch with signal-carrying groups, off by default."""
     pass_threshold: float = 1.0
     """A sample 'passes' when its reward is >= this (pass-rate metric)."""
     skip_zero_signal_groups: bool = True
@@ -87,6 +101,8 @@ class Timer:
 
     def __init__(self) -> None:
         self.metrics: dict[str, float] = {}
+        self.generated_tokens = 0
+        """Tokens generated in the step (every round), for perf/generate_tokens_per_s."""
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -94,7 +110,8 @@ class Timer:
         try:
             yield
         finally:
-            self.metrics[f"timing/{name}"] = time.perf_counter() - start
+            key = f"timing/{name}"  # phases that run several times in a step (re-sampling) add up
+            self.metrics[key] = self.metrics.get(key, 0.0) + time.perf_counter() - start
 
 
 class Controller:
@@ -109,7 +126,8 @@ class Controller:
     def __init__(self, generator: Generator, scorer: RewardScorer, trainer: PolicyTrainer,
                  prompt_batch: Callable[[int, int], list[Prompt]], config: ControllerConfig,
                  sampling: SamplingConfig, policy_version: int = 0,
-                 record_rollouts: Callable[[int, list[Rollout]], None] | None = None) -> None:
+                 record_rollouts: Callable[[int, list[Rollout]], None] | None = None,
+                 hint_prompt: HintFn | None = None) -> None:
         self.generator = generator
         self.scorer = scorer
         self.trainer = trainer
@@ -120,27 +138,22 @@ class Controller:
         self.policy_version = policy_version
         self.record_rollouts = record_rollouts
         """Called with every step's scored rollouts (sample-level provenance: which reward, which version)."""
+        self.ahrl = AHRL(config.ahrl, hint_prompt, config.pass_threshold)
+        self.refill = DynamicSampler(config.dynamic_sampling)
+        self.wpsm = WPSM(config.wpsm, config.pass_threshold)
 
     def run_step(self, step: int) -> dict[str, float]:
         timer = Timer()
-        prompts = self.prompt_batch(step, self.config.num_prompts_per_step)
-        with timer.phase("generate"):
-            groups = self.generator.generate(prompts, dataclasses.replace(self.sampling,
-                                                                          seed=self.sampling.seed + step))
-        self._check_versions(groups)
-        flat_prompts = [p for p, group in zip(prompts, groups, strict=True) for _ in group]
-        flat = [c for group in groups for c in group]
-        with timer.phase("score"):
-            outcomes = self.scorer.score(flat_prompts, flat)
-        rollouts = [Rollout(prompt=p, completion=c, reward=o) for p, c, o in zip(flat_prompts, flat, outcomes,
-                                                                                   strict=True)]
-        if self.record_rollouts is not None:
-            self.record_rollouts(step, rollouts)
-        advantages = []
-        for start in range(0, len(rollouts), self.sampling.num_samples_per_prompt):
-            group = rollouts[start:start + self.sampling.num_samples_per_prompt]
-            advantages += group_advantages([r.reward.value for r in group],
-                                           normalize_std=self.config.normalize_advantage_std)
+        G, n = self.sampling.num_samples_per_prompt, self.config.num_prompts_per_step
+        prompts = self.prompt_batch(step, n)
+        first = self._sample(step, prompts, timer)
+        groups, stage_metrics = self.ahrl.apply(step, first, lambda hinted: self._sample(step, hinted, timer))
+        drawn = [n]
+        groups, refill_metrics = self.refill.fill(groups, n, lambda k: self._refill(step, drawn, k, timer))
+        rollouts = [r for group in groups for r in group]
+        advantages = self.config.advantage.batch([r.reward.value for r in rollouts], G)
+        advantages, wpsm_metrics = self.wpsm.reweight(rollouts, advantages, G)
+        stage_metrics.update(refill_metrics | wpsm_metrics)
         train_rows = self._rows_to_train(advantages)
         learner_metrics = {"train/rows": float(len(train_rows)), "train/skipped": float(not train_rows)}
         if train_rows:
@@ -149,13 +162,39 @@ class Controller:
                                                                [advantages[i] for i in train_rows]))
             with timer.phase("sync"):
                 self.policy_version = self.sync_weights()
-        metrics = {**rollout_metrics(rollouts, advantages, self.config, self.sampling), **learner_metrics,
-                   **timer.metrics}
-        generated = sum(len(r.completion.token_ids) for r in rollouts)
-        metrics["perf/generate_tokens_per_s"] = generated / max(timer.metrics["timing/generate"], 1e-9)
+        first_rollouts = [r for group in first for r in group]
+        first_advantages = self.config.advantage.batch([r.reward.value for r in first_rollouts], G)
+        metrics = {**rollout_metrics(first_rollouts, first_advantages, self.config, self.sampling), **stage_metrics,
+                   **learner_metrics, **timer.metrics}
+        metrics["perf/generate_tokens_per_s"] = timer.generated_tokens / max(timer.metrics["timing/generate"], 1e-9)
         metrics["perf/step_seconds"] = sum(timer.metrics.values())
         metrics["policy/version"] = float(self.policy_version)
         return metrics
+
+    def _sample(self, step: int, prompts: list[Prompt], timer: Timer) -> list[list[Rollout]]:
+        """Generates and scores `prompts`: one group of rollouts per prompt (recorded for provenance)."""
+        with timer.phase("generate"):
+            groups = self.generator.generate(prompts, dataclasses.replace(self.sampling,
+                                                                          seed=self.sampling.seed + step))
+        self._check_versions(groups)
+        flat_prompts = [p for p, group in zip(prompts, groups, strict=True) for _ in group]
+        flat = [c for group in groups for c in group]
+        timer.generated_tokens += sum(len(c.token_ids) for c in flat)
+        with timer.phase("score"):
+            outcomes = self.scorer.score(flat_prompts, flat)
+        rollouts = [Rollout(prompt=p, completion=c, reward=o) for p, c, o in zip(flat_prompts, flat, outcomes,
+                                                                                   strict=True)]
+        if self.record_rollouts is not None:
+            self.record_rollouts(step, rollouts)
+        G = self.sampling.num_samples_per_prompt
+        return [rollouts[i:i + G] for i in range(0, len(rollouts), G)]
+
+    def _refill(self, step: int, drawn: list[int], count: int, timer: Timer) -> list[list[Rollout]]:
+        """`count` more prompts continuing the step's prompt stream (DAPO re-sampling), hinted like the rest."""
+        prompts = self.prompt_batch(step, drawn[0] + count)[drawn[0]:]
+        drawn[0] += count
+        groups = self._sample(step, prompts, timer)
+        return self.ahrl.apply(step, groups, lambda hinted: self._sample(step, hinted, timer))[0]
 
     def _rows_to_train(self, advantages: list[float | None]) -> list[int]:
         G = self.sampling.num_samples_per_prompt

@@ -3,16 +3,20 @@
 One RL step over a batch of rollouts:
     1. old forward (no grad), routes:  off -> live;  R2 -> live, recorded;  R3 -> forced to the rollout's
        -> old logprobs, train-infer mismatch metrics, per-layer route mismatch (live learner vs rollout);
-    2. reference forward (no grad) when the loss has a KL term;
+    2. reference forward (no grad) when the loss has a KL term, with the same routes the policy's forward
+       uses (R3: the rollout's, R2: the recorded old ones), so identical weights give a KL of exactly 0;
     3. for each mini-batch (one optimizer step each), micro-batches with gradient accumulation:
-       forward with replay (R3: rollout routes; R2: the recorded old routes; off: live), policy loss,
-       backward; at the boundary: gradient clipping (AdaGC or global), optimizer step.
+       forward with replay (R3: rollout routes; R2: the recorded old routes; off: live), policy loss
+       (with the engine's log-probs for the train-inference correction), backward; at the boundary: the
+       scheduled learning rate, gradient clipping (AdaGC or global), optimizer step.
 With one mini-batch and replay off or R3, step 1 is folded into step 3: the update's forward runs on the
 old weights with the same routes, so its detached log-probs ARE the old log-probs (ratio exactly 1) and
 the live routes it computes alongside the forced ones give the mismatch metrics. That saves one forward
 over the batch (measured on the demo: learn phase 4.9 s -> 2.1 s per step together with skipping flat groups).
 Failed samples (reward None) are masked out of the loss; they were counted by the controller.
 Replay mode semantics and why R3 matters for MoE: docs/routing_replay.md.
+The policy is a `ModelAdapter` (rl_platform/model/adapter.py): any supported HF MoE architecture, with routes
+over its MoE layers only (docs/bring_your_own_model.md).
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ import torch
 
 from kernels.fused_logprobs import fused_logprobs
 from rl_platform.batching import TrainingBatch, build_training_batch
-from rl_platform.config import check
+from rl_platform.config import ConfigError, check
 from rl_platform.losses import GRPOLossConfig, LossConfig, PolicyLossInputs
 from rl_platform.model import MoETransformer
-from rl_platform.model.hf_interop import checkpoint_tensors, export_hf, load_hf
-from rl_platform.optim.adagc import GlobalNormClipConfig, deepspeed_gradient_access
-from rl_platform.optim.optimizer import OptimConfig, build_deepspeed_engine
+from rl_platform.model.adapter import ModelAdapter, load_adapter
+from rl_platform.optim.adagc import AdaGCConfig, GlobalNormClipConfig, deepspeed_gradient_access
+from rl_platform.optim.optimizer import OptimConfig, build_deepspeed_engine, lr_at, set_lr
 from rl_platform.rl_metrics import route_mismatch_metrics, train_infer_metrics
 from rl_platform.types import PolicyWeights, Rollout
 
@@ -45,10 +49,13 @@ class LearnerConfig:
     routing_replay: Literal["off", "R2", "R3"] = "R3"
     """off: live routing; R2: replay the learner's own old-policy routes; R3: replay the rollout engine's."""
     loss: LossConfig = field(default_factory=GRPOLossConfig)
-    """Policy objective: grpo | gspo."""
+    """Policy objective: grpo | dr_grpo | gspo | gspo_icepop | misc, each piece swappable
+    (learner.loss.ratio / clip / correction / aggregation; docs/rl_algorithms.md, 'RL objectives')."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=2e-4, warmup_steps=0, schedule="constant", weight_decay=0.0, clipping=GlobalNormClipConfig(max_norm=1.0)))
-    """Optimizer, schedule and clipping (AdaGC available: --set learner.optim.clipping=adagc)."""
+    """Optimizer, schedule and clipping. The RL default clips the global norm at 1.0; with
+    --set learner.optim.clipping=adagc set learner.optim.clipping.warmup_steps to ~10 % of the run's optimizer
+    steps (AdaGC's 100-step pretraining warm-up is global-norm clipping; a run no longer than it is rejected)."""
     num_minibatches: int = 1
     """Optimizer steps per RL step (the rollout batch is split; >1 makes later mini-batches off-policy)."""
     micro_batch_size: int = 16
@@ -61,6 +68,9 @@ class LearnerConfig:
     """The rollout's sampling temperature: the loss scores tokens under softmax(logits / temperature), the
     distribution they were drawn from (jobs.rl sets it from sampling.temperature). Train-infer metrics always
     compare temperature-1 log-probs, which is what the engine returns."""
+    schedule_steps: int = 0
+    """Optimizer steps of the whole run (jobs.rl sets it to loop.num_steps * num_minibatches): the span of
+    optim.schedule and the length AdaGC's warm-up is checked against. 0: unknown (constant schedule only)."""
 
     def __post_init__(self) -> None:
         check(self.num_minibatches >= 1, "LearnerConfig.num_minibatches", self.num_minibatches, "must be >= 1",
@@ -71,9 +81,23 @@ class LearnerConfig:
               "use 2")
         check(self.temperature > 0, "LearnerConfig.temperature", self.temperature, "must be > 0",
               "use the rollout's sampling temperature")
+        check(self.schedule_steps >= 0, "LearnerConfig.schedule_steps", self.schedule_steps, "must be >= 0",
+              "use loop.num_steps * num_minibatches")
+        clip = self.optim.clipping
+        if self.schedule_steps and isinstance(clip, AdaGCConfig):
+            check(clip.warmup_steps < self.schedule_steps, "learner.optim.clipping.warmup_steps", clip.warmup_steps,
+                  f"covers all {self.schedule_steps} optimizer steps of this run, so AdaGC would be global-norm "
+                  "clipping all along", f"set it to ~10 % of the run: {max(1, self.schedule_steps // 10)}")
+
+    def check_schedule(self) -> None:
+        """A decaying schedule needs the run's length."""
+        if self.optim.schedule != "constant" and not self.schedule_steps:
+            raise ConfigError(f"LearnerConfig.optim.schedule={self.optim.schedule!r} needs the run's length, but "
+                              "LearnerConfig.schedule_steps=0; set schedule_steps (jobs.rl does: loop.num_steps * "
+                              "num_minibatches) or use schedule='constant'.")
 
 
-def response_logprobs(model: MoETransformer, batch: TrainingBatch, forced_routes=None, capture: bool = False,
+def response_logprobs(model: ModelAdapter, batch: TrainingBatch, forced_routes=None, capture: bool = False,
                       temperature: float = 1.0):
     """(logprobs_BS, entropy_BS, output): target-aligned log-probability of the next token at every position,
     under softmax(logits / temperature)."""
@@ -83,7 +107,7 @@ def response_logprobs(model: MoETransformer, batch: TrainingBatch, forced_routes
     return logprobs, entropy, out
 
 
-def _scored(model: MoETransformer, out, batch: TrainingBatch, temperature: float):
+def _scored(model: ModelAdapter, out, batch: TrainingBatch, temperature: float):
     b, s, d = out.hidden_BSD.shape
     targets = torch.roll(batch.input_ids_BS, shifts=-1, dims=1)
     logprobs, entropy = fused_logprobs(out.hidden_BSD.reshape(b * s, d), model.lm_head_weight, targets.reshape(-1),
@@ -91,7 +115,7 @@ def _scored(model: MoETransformer, out, batch: TrainingBatch, temperature: float
     return logprobs.view(b, s), entropy.view(b, s)
 
 
-def _engine_view_logprobs(model: MoETransformer, out, batch: TrainingBatch, logprobs_BS, temperature: float):
+def _engine_view_logprobs(model: ModelAdapter, out, batch: TrainingBatch, logprobs_BS, temperature: float):
     """Temperature-1 log-probs (what the engine reports), reusing the forward's hidden states."""
     if temperature == 1.0:
         return logprobs_BS.detach()
@@ -140,9 +164,14 @@ class Learner:
 
     def __init__(self, config: LearnerConfig, model_path: str, seed: int = 0) -> None:
         torch.manual_seed(seed)
+        config.check_schedule()
         self.config = config
-        model = load_hf(model_path).eval()
-        self.reference = copy.deepcopy(model).requires_grad_(False) if config.loss.kl_coef > 0 else None
+        self.policy = load_adapter(model_path)
+        model = self.policy.module.eval()
+        self.reference = None
+        if config.loss.kl_coef > 0:
+            self.reference = copy.deepcopy(self.policy)
+            self.reference.module.requires_grad_(False)
         self.engine, self.optimizer = build_deepspeed_engine(
             model, config.optim, zero_stage=config.zero_stage, bf16=config.bf16,
             micro_batch_size=config.micro_batch_size, grad_accum_steps=1)
@@ -154,11 +183,13 @@ class Learner:
 
     @property
     def model(self) -> MoETransformer:
+        """The trained module (the one DeepSpeed updates; `policy` computes with it)."""
         return self.engine.module
 
     def train_on_rollouts(self, rollouts: list[Rollout], advantages: list[float | None]) -> dict[str, float]:
-        cfg = self.model.config
-        batch = build_training_batch(rollouts, advantages, cfg.pad_token_id, cfg.num_layers, cfg.top_k)
+        layers = self.policy.layer_map
+        batch = build_training_batch(rollouts, advantages, self.policy.pad_token_id, layers.num_moe_layers,
+                                     layers.top_k)
         return self.train_step(batch)
 
     def train_step(self, batch: TrainingBatch) -> dict[str, float]:
@@ -172,21 +203,24 @@ class Learner:
         with torch.no_grad():
             if not fused_old:
                 old_lp, _, old_out = response_logprobs(
-                    self.model, batch,
+                    self.policy, batch,
                     forced_routes=batch.rollout_routes_BSLK if cfg.routing_replay == "R3" else None, capture=True,
                     temperature=cfg.temperature)
-                observed.record(slice(None), _engine_view_logprobs(self.model, old_out, batch, old_lp,
+                observed.record(slice(None), _engine_view_logprobs(self.policy, old_out, batch, old_lp,
                                                                    cfg.temperature), old_out)
                 recorded_routes = old_out.routes_BSLK
-            ref_lp = (response_logprobs(self.reference, batch, temperature=cfg.temperature)[0]
+            replay_routes = {"off": None, "R2": recorded_routes, "R3": batch.rollout_routes_BSLK}[cfg.routing_replay]
+            ref_lp = (response_logprobs(self.reference, batch, forced_routes=replay_routes,
+                                        temperature=cfg.temperature)[0]
                       if self.reference is not None else None)
-        replay_routes = {"off": None, "R2": recorded_routes, "R3": batch.rollout_routes_BSLK}[cfg.routing_replay]
         order = torch.arange(batch.input_ids_BS.shape[0])
         sums: dict[str, float] = {}
         used_mismatch = []
-        for mini in torch.chunk(order, cfg.num_minibatches):
-            step_metrics, mismatch = self._optimizer_step(batch, mini, old_lp, ref_lp, replay_routes,
-                                                          observed if fused_old else None)
+        for index, mini in enumerate(torch.chunk(order, cfg.num_minibatches)):
+            set_lr(self.optimizer, lr_at(cfg.optim, self.step * cfg.num_minibatches + index,
+                                         max(1, cfg.schedule_steps)))
+            step_metrics, mismatch = self._optimizer_step(batch, mini, old_lp, ref_lp, replay_routes, observed,
+                                                          record=fused_old)
             used_mismatch.append(mismatch)
             for k, v in step_metrics.items():
                 sums[k] = sums.get(k, 0.0) + v / cfg.num_minibatches
@@ -197,13 +231,14 @@ class Learner:
         self.step += 1
         return metrics
 
-    def _optimizer_step(self, batch, rows, old_lp, ref_lp, replay_routes,
-                        observed: _Observed | None) -> tuple[dict[str, float], float]:
+    def _optimizer_step(self, batch, rows, old_lp, ref_lp, replay_routes, observed: _Observed,
+                        record: bool) -> tuple[dict[str, float], float]:
         """One optimizer step over `rows`. old_lp None: on-policy, the forward's own detached log-probs are the
-        old ones and `observed` records them."""
+        old ones and `observed` records them (record=True); else `observed` already holds them."""
         cfg = self.config
         mini = batch.rows(rows)
         num_tokens = max(1, mini.num_tokens)
+        num_seqs = int((mini.mask_BS.sum(-1) > 0).sum())
         totals = {"loss/policy": 0.0, "loss/clip_frac": 0.0, "loss/kl_to_ref": 0.0, "loss/ratio_mean": 0.0,
                   "policy/entropy": 0.0}
         mismatch_num = mismatch_den = 0.0
@@ -213,17 +248,18 @@ class Learner:
             idx = rows[start:start + cfg.micro_batch_size]
             micro = batch.rows(idx)
             forced = None if replay_routes is None else replay_routes[idx]
-            logprobs, entropy, out = response_logprobs(self.engine.module, micro, forced_routes=forced,
+            logprobs, entropy, out = response_logprobs(self.policy, micro, forced_routes=forced,
                                                        capture=micro.rollout_routes_BSLK is not None,
                                                        temperature=cfg.temperature)
-            if observed is not None:
-                observed.record(idx, _engine_view_logprobs(self.engine.module, out, micro, logprobs,
+            if record:
+                observed.record(idx, _engine_view_logprobs(self.policy, out, micro, logprobs,
                                                            cfg.temperature), out)
             result = cfg.loss.loss(PolicyLossInputs(
                 logprobs_BS=logprobs, old_logprobs_BS=logprobs.detach() if old_lp is None else old_lp[idx],
-                advantages_B=micro.advantages_B,
-                mask_BS=micro.mask_BS, ref_logprobs_BS=None if ref_lp is None else ref_lp[idx],
-                num_global_tokens=num_tokens))
+                advantages_B=micro.advantages_B, mask_BS=micro.mask_BS,
+                generator_logprobs_BS=micro.generator_logprobs_BS, old_logprobs_t1_BS=observed.logprobs_BS[idx],
+                ref_logprobs_BS=None if ref_lp is None else ref_lp[idx],
+                num_global_tokens=num_tokens, num_global_seqs=num_seqs))
             # The loss is already divided by the mini-batch's token count, so no GAS rescaling; the boundary
             # (gradient reduction, clipping, optimizer step) is the last micro-batch of the mini-batch.
             is_last = start + cfg.micro_batch_size >= len(rows)
@@ -238,6 +274,8 @@ class Learner:
             totals["loss/kl_to_ref"] += result.kl_to_ref * share
             totals["loss/ratio_mean"] += result.ratio_mean * share
             totals["policy/entropy"] += float((entropy.detach() * micro.mask_BS).sum()) / num_tokens
+            for key, value in result.metrics.items():
+                totals[key] = totals.get(key, 0.0) + value * share
             if micro.rollout_routes_BSLK is not None:
                 valid = micro.attention_mask_BS.bool() & (micro.rollout_routes_BSLK[..., 0, 0] >= 0)
                 m = route_mismatch_metrics(out.routes_BSLK, micro.rollout_routes_BSLK, valid, prefix="x")
@@ -255,7 +293,7 @@ class Learner:
         if self.step != self._published_step:
             self.version += 1
             self._published_step = self.step
-        tensors = {name: t.clone() for name, t in checkpoint_tensors(self.model)}
+        tensors = {name: t.clone() for name, t in self.policy.checkpoint_tensors()}
         return PolicyWeights(version=self.version, tensors=tensors)
 
     def save_checkpoint(self, path: str, client_state: dict) -> None:
@@ -273,4 +311,4 @@ class Learner:
         return state
 
     def export(self, path: str, tokenizer=None) -> str:
-        return str(export_hf(self.model, path, tokenizer=tokenizer))
+        return str(self.policy.export(path, tokenizer=tokenizer))
