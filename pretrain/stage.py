@@ -73,6 +73,7 @@ def run_pretraining(config: PretrainJobConfig, run_dir: Path, log_metrics) -> Pr
         (run_dir / "models" / "family.json").write_text(json.dumps(listing, indent=2) + "\n")
 
     report = run_dir / "report"
+    report.mkdir(parents=True, exist_ok=True)
     if history:
         plot_loss(history, report / "pretrain_loss.png")
         plot_balance(history, report / "expert_balance.png")

@@ -26,8 +26,14 @@ pytestmark = pytest.mark.slow
 def ultrasparse_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ultrasparse")
     logged = {}
-    result = run_pretraining(pretrain_ultrasparse_smoke(), run_dir,
-                             lambda step, metrics: logged.setdefault(step, {}).update(metrics))
+    threads = torch.get_num_threads()
+    # One thread: on a busy machine a thread pool waits at a barrier after each of the many small expert GEMMs.
+    torch.set_num_threads(1)
+    try:
+        result = run_pretraining(pretrain_ultrasparse_smoke(), run_dir,
+                                 lambda step, metrics: logged.setdefault(step, {}).update(metrics))
+    finally:
+        torch.set_num_threads(threads)
     return run_dir, result, logged
 
 
