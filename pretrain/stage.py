@@ -24,8 +24,10 @@ from pretrain.report import (
     plot_balance,
     plot_diagnostics,
     plot_loss,
+    write_pretrain_html,
 )
 from pretrain.trainer import PretrainTrainer
+from rl_platform.config import config_to_dict
 from rl_platform.model.hf_interop import export_hf
 from rl_platform.model.tokenizer import load_tokenizer
 
@@ -38,9 +40,17 @@ class PretrainResult:
     """Exported HF directories by sub-model name ("full", "depth-75", ...)."""
     family_losses: dict[str, dict[str, float]]
     train_minutes: float
+    stopped_by: str | None = None
+    """Why training ended before num_steps (a stop signal); then nothing was evaluated or exported, and the
+    same command with --resume continues from the checkpoint written at the stop."""
 
 
-def run_pretraining(config: PretrainJobConfig, run_dir: Path, log_metrics) -> PretrainResult:
+def run_pretraining(config: PretrainJobConfig, run_dir: Path, log_metrics, resume: bool = False,
+                    resume_hint: str = "", stop=None, run_files=None) -> PretrainResult:
+    """Trains (continuing from run_dir's checkpoint when `resume`), evaluates, exports and reports. `stop`: a
+    GracefulStop ending training after the current step; `run_files`: the RunDir whose *.jsonl a checkpoint
+    records and a resume cuts back (docs/fault_tolerance.md)."""
+    config.validate()
     tokenizer_dir = run_dir / "tokenizer"
     if (tokenizer_dir / "tokenizer.json").exists():
         tokenizer = load_tokenizer(tokenizer_dir)  # resuming: the ids must not change
@@ -50,10 +60,13 @@ def run_pretraining(config: PretrainJobConfig, run_dir: Path, log_metrics) -> Pr
     if len(tokenizer) > config.model.vocab_size:
         raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer "
                          f"({len(tokenizer)} tokens); set --set model.vocab_size={len(tokenizer)}")
-    trainer = PretrainTrainer(config, tokenizer, run_dir, log_metrics)
+    trainer = PretrainTrainer(config, tokenizer, run_dir, log_metrics, run_files=run_files)
     start = time.perf_counter()
-    history = trainer.train()
+    history = trainer.train(resume=resume, resume_hint=resume_hint, stop=stop)
     train_minutes = (time.perf_counter() - start) / 60
+    if trainer.stopped_by is not None:
+        return PretrainResult(model_dirs={}, family_losses={}, train_minutes=train_minutes,
+                              stopped_by=trainer.stopped_by)
     model = trainer.engine.module
 
     val = Packer(config.data, tokenizer, config.run.seed, "validation")
@@ -98,6 +111,9 @@ def run_pretraining(config: PretrainJobConfig, run_dir: Path, log_metrics) -> Pr
         "![iou](expert_iou.png) ![entropy](routing_entropy.png)", "",
     ]
     (report / "pretrain.md").write_text("\n".join(summary))
+    saved = run_dir / "config.json"  # the resolved config with its recipe name, as the run directory recorded it
+    write_pretrain_html(report, run_dir.name, json.loads(saved.read_text()) if saved.exists()
+                        else {"config": config_to_dict(config)})
     (report / "pretrain_metrics.json").write_text(json.dumps(
         {"family_val_loss": losses, "routing_entropy": diag.entropy_L.tolist(), "domains": diag.domains,
          "iou": diag.iou_LDD.tolist(), "train_minutes": train_minutes, "steps": trainer.step,

@@ -85,7 +85,13 @@ class ControllerConfig:
     sampling filter, without re-sampling). When kl_coef > 0 they would still pull towards the reference; set
     False to keep them. A step whose every group is flat skips the update (`train/skipped`)."""
 
+    auto_resume: int = 0
+    """Times the job restarts its roles from the newest checkpoint when the learner fails (dies or raises);
+    0 stops the job with the checkpoint's path and the `--resume` command (docs/fault_tolerance.md)."""
+
     def __post_init__(self) -> None:
+        check(self.auto_resume >= 0, "ControllerConfig.auto_resume", self.auto_resume, "must be >= 0",
+              "give the number of restarts to allow (0: stop and print the --resume command)")
         check(self.num_steps >= 1, "ControllerConfig.num_steps", self.num_steps, "must be >= 1", "use e.g. 40")
         check(self.num_prompts_per_step >= 1, "ControllerConfig.num_prompts_per_step", self.num_prompts_per_step,
               "must be >= 1", "use 8-64")

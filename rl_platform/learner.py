@@ -30,6 +30,7 @@ import torch
 
 from kernels.fused_logprobs import fused_logprobs
 from rl_platform.batching import TrainingBatch, build_training_batch
+from rl_platform.checkpointing import CheckpointError, CheckpointStore, checkpoint_to_load
 from rl_platform.config import ConfigError, check
 from rl_platform.losses import GRPOLossConfig, LossConfig, PolicyLossInputs
 from rl_platform.model import MoETransformer
@@ -37,6 +38,7 @@ from rl_platform.model.adapter import ModelAdapter, load_adapter
 from rl_platform.optim.adagc import AdaGCConfig, GlobalNormClipConfig, deepspeed_gradient_access
 from rl_platform.optim.optimizer import OptimConfig, build_deepspeed_engine, lr_at, set_lr
 from rl_platform.rl_metrics import route_mismatch_metrics, train_infer_metrics
+from rl_platform.step_dump import StepDumpConfig, StepDumper
 from rl_platform.types import PolicyWeights, Rollout
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ class LearnerConfig:
     schedule_steps: int = 0
     """Optimizer steps of the whole run (jobs.rl sets it to loop.num_steps * num_minibatches): the span of
     optim.schedule and the length AdaGC's warm-up is checked against. 0: unknown (constant schedule only)."""
+    dump: StepDumpConfig = field(default_factory=StepDumpConfig)
+    """Opt-in per-update dump of the batch, the learner's view and the weights (jobs.inspect_mismatch)."""
 
     def __post_init__(self) -> None:
         check(self.num_minibatches >= 1, "LearnerConfig.num_minibatches", self.num_minibatches, "must be >= 1",
@@ -132,8 +136,10 @@ class _Observed:
     """The learner's view before the update (old log-probs, live routes), gathered over the whole batch or
     micro-batch by micro-batch, and turned into the train-infer and route-mismatch metrics."""
 
-    def __init__(self, batch: TrainingBatch) -> None:
+    def __init__(self, batch: TrainingBatch, moe_layers: tuple[int, ...]) -> None:
         self.batch = batch
+        self.moe_layers = moe_layers
+        """Decoder layer of each route slot (names the per-layer mismatch metrics)."""
         self.logprobs_BS = torch.zeros_like(batch.generator_logprobs_BS)
         routes = batch.rollout_routes_BSLK
         self.live_BSLK = None if routes is None else torch.full_like(routes, -1)
@@ -149,7 +155,7 @@ class _Observed:
         if self.live_BSLK is not None:
             valid = b.attention_mask_BS.bool() & (b.rollout_routes_BSLK[..., 0, 0] >= 0)
             out.update(route_mismatch_metrics(self.live_BSLK, b.rollout_routes_BSLK, valid,
-                                              prefix="moe/route_mismatch"))
+                                              prefix="moe/route_mismatch", layer_ids=self.moe_layers))
         return out
 
 
@@ -175,11 +181,14 @@ class Learner:
         self.engine, self.optimizer = build_deepspeed_engine(
             model, config.optim, zero_stage=config.zero_stage, bf16=config.bf16,
             micro_batch_size=config.micro_batch_size, grad_accum_steps=1)
+        # the adapter computes with, and publishes, the very module DeepSpeed updates
+        assert self.engine.module is self.policy.module
         self.clipper = config.optim.clipping.build([n for n, _ in model.named_parameters()])
         self.grad_access = deepspeed_gradient_access(self.engine.module.named_parameters())
         self.version = 0
         self.step = 0
         self._published_step = 0
+        self.dumper = StepDumper(config.dump, model_path) if config.dump.enabled else None
 
     @property
     def model(self) -> MoETransformer:
@@ -198,7 +207,9 @@ class Learner:
             raise ValueError("LearnerConfig.routing_replay='R3' needs rollout routes, but the rollouts have none; "
                              "enable routed-expert capture in the rollout engine or use routing_replay='off'/'R2'")
         fused_old = folds_old_forward(cfg)
-        observed = _Observed(batch)
+        observed = _Observed(batch, self.policy.layer_map.moe_layers)
+        if self.dumper is not None:
+            self.dumper.save_weights(self.step, self.policy)  # the weights the rollouts were sampled with
         old_lp, recorded_routes = None, None
         with torch.no_grad():
             if not fused_old:
@@ -210,9 +221,10 @@ class Learner:
                                                                    cfg.temperature), old_out)
                 recorded_routes = old_out.routes_BSLK
             replay_routes = {"off": None, "R2": recorded_routes, "R3": batch.rollout_routes_BSLK}[cfg.routing_replay]
+            # the reference is scored with the experts the update uses, so that its KL term compares weights
+            # and not two routings (docs/routing_replay.md)
             ref_lp = (response_logprobs(self.reference, batch, forced_routes=replay_routes,
-                                        temperature=cfg.temperature)[0]
-                      if self.reference is not None else None)
+                                        temperature=cfg.temperature)[0] if self.reference is not None else None)
         order = torch.arange(batch.input_ids_BS.shape[0])
         sums: dict[str, float] = {}
         used_mismatch = []
@@ -228,6 +240,11 @@ class Learner:
         metrics.update(sums)
         if batch.rollout_routes_BSLK is not None:
             metrics["moe/route_mismatch_during_update"] = float(sum(used_mismatch) / len(used_mismatch))
+        if self.dumper is not None:
+            self.dumper.save_batch(self.step, batch, learner_lp_BS=observed.logprobs_BS,
+                                   live_routes_BSLK=observed.live_BSLK, replay_routes_BSLK=recorded_routes,
+                                   num_experts=self.policy.layer_map.num_experts, mode=cfg.routing_replay,
+                                   temperature=cfg.temperature, metrics=metrics)
         self.step += 1
         return metrics
 
@@ -296,13 +313,22 @@ class Learner:
         tensors = {name: t.clone() for name, t in self.policy.checkpoint_tensors()}
         return PolicyWeights(version=self.version, tensors=tensors)
 
-    def save_checkpoint(self, path: str, client_state: dict) -> None:
+    def save_checkpoint(self, path: str, client_state: dict) -> str:
+        """Commits an atomic checkpoint under `path`, tagged by `client_state["step"]` (the loop's step, which
+        advances even when the learner's does not); returns the checkpoint's directory."""
         state = {**client_state, "learner_step": self.step, "version": self.version,
                  "clipper": self.clipper.state_dict(), "torch_rng": torch.get_rng_state()}
-        self.engine.save_checkpoint(path, tag=f"step{self.step}", client_state=state)
+        step = int(client_state.get("step", self.step))
+        info = CheckpointStore(path).save(step, lambda staging, tag: self.engine.save_checkpoint(
+            str(staging), tag=tag, client_state=state, save_latest=False), meta=client_state)
+        return str(info.path)
 
     def load_checkpoint(self, path: str) -> dict:
-        _, state = self.engine.load_checkpoint(path)
+        """Loads a checkpoint directory, or the newest valid checkpoint of a checkpoints/<role> folder."""
+        target = checkpoint_to_load(path)
+        loaded, state = self.engine.load_checkpoint(str(target.parent), tag=target.name)
+        if loaded is None:
+            raise CheckpointError(f"DeepSpeed found no loadable checkpoint in {target}")
         self.step = int(state["learner_step"])
         self.version = int(state["version"])
         self._published_step = self.step  # the checkpoint is taken after the step's weights were published

@@ -217,6 +217,7 @@ def test_train_infer_metrics_by_hand():
     ratios = [1.0, math.exp(-1.0), 3.0]
     assert m["train/kl_train_infer"] == pytest.approx(sum(r - 1 - math.log(r) for r in ratios) / 3)
     assert m["moe/extreme_token_frac_tau2"] == pytest.approx(2 / 3)  # e^-1 and 3 are beyond a factor 2
+    assert m["train/kl_train_infer_tokens"] == 3.0
 
 
 def test_route_mismatch_compares_expert_sets_per_layer():
