@@ -84,6 +84,10 @@ class RolloutWorker:
                         enforce_eager=config.enforce_eager, kv_cache_gib=config.kv_cache_gib,
                         max_num_seqs=config.max_num_seqs)
         self.engine = StreamingEngine(llm, version=0)
+        from rl_platform.model.adapter import layer_map_from_dir
+
+        # vLLM captures a row per decoder layer; the learner's routes cover the MoE layers only
+        self.layer_map = layer_map_from_dir(model_path)
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
         self._keys: dict[str, SampleKey] = {}
         self._collectors: dict[str, dict[str, Completion]] = {}
@@ -129,7 +133,9 @@ class RolloutWorker:
         finish = seq.finish_reason if seq.finish_reason in ("stop", "length") else "abort"
         completion = Completion(prompt_id=key.prompt_id, sample_index=key.sample_index, epoch=key.epoch,
                                 token_ids=seq.token_ids, text=seq.text, generator_logprobs=seq.logprobs,
-                                routed_experts=seq.routed_experts, finish_reason=finish,
+                                routed_experts=(None if seq.routed_experts is None
+                                                else self.layer_map.engine_to_moe(seq.routed_experts)),
+                                finish_reason=finish,
                                 policy_versions=seq.versions)
         tag = seq.request_id.split(":", 1)[0]
         with self._cond:

@@ -57,7 +57,9 @@ def main() -> None:
         print(tables[-1], "\n", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": str(model_dir), "num_samples": len(samples), "mean_seq_len": seq_len,
+    # recorded relative to the checkout, so the result file names no machine-specific path
+    shown = model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else model_dir
+    out.write_text(json.dumps({"model": str(shown), "num_samples": len(samples), "mean_seq_len": seq_len,
                                "filler_sentences": filler, "results": results}, indent=2) + "\n")
     out.with_suffix(".md").write_text("\n\n".join(tables) + "\n")
     print(f"results: {out}")

@@ -1,6 +1,6 @@
 """The shared command line of every entry point: `--recipe`, `--set`, `--list-recipes`, `--run-dir`.
 
-    python -m jobs.pretrain --recipe pretrain_tiny --set optim.lr=1e-3 --set train.num_steps=50
+    python -m jobs.pretrain --recipe pretrain_tiny --set optim.lr=1e-3 --set loop.num_steps=50
 
 A malformed override (unknown key, wrong type, failed validation) prints one line and exits 2, before any
 process, actor or engine starts.

@@ -11,7 +11,8 @@ once per attention variant in a single prefill. Per variant:
 - `top1_agree`: share of positions whose argmax equals the dense model's;
 - `block_sparsity`: share of causal (query block, key block) pairs skipped, averaged over layers and documents
   (RRAttention paper's definition; 0 for dense).
-Recovery = sparse / dense for retrieval accuracy (docs/algorithms.md, 'RRAttention': the paper reports ~99 % recovery at tau 0.95).
+Recovery = sparse / dense for retrieval accuracy (docs/algorithms.md, 'RRAttention': the paper reports ~99 %
+recovery at tau 0.95).
 """
 
 from __future__ import annotations

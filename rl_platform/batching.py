@@ -7,6 +7,8 @@ Layout of one row (prompt length P, response length R, right-padded to S):
     generator_logprobs[P-1+j] = the engine's logprob of r_j
     rollout_routes[t] = the engine's experts for the forward of token t, t <= P+R-2 (vLLM returns P+R-1
     rows: the last sampled token is never forwarded); -1 elsewhere (live routing, never scored).
+Routes cover the MoE layers only (L = the model's `LayerMap.num_moe_layers`; dense layers have no slot), in
+the order of `LayerMap.moe_layers`; the rollout worker has already dropped the engine's dense-layer rows.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class TrainingBatch:
     generator_logprobs_BS: Tensor
     advantages_B: Tensor
     rollout_routes_BSLK: Tensor | None
-    """int16 engine routes aligned with input positions (-1: none); None when the engine gave no routes."""
+    """[B, S, L MoE layers, K] int16 engine routes aligned with input positions (-1: none); None when the engine
+    gave no routes."""
     num_tokens: int
     """Scored response tokens."""
 
@@ -45,8 +48,9 @@ class TrainingBatch:
 
 
 def build_training_batch(rollouts: Sequence[Rollout], advantages: Sequence[float | None], pad_id: int,
-                         num_layers: int, top_k: int) -> TrainingBatch:
-    """Stacks rollouts; a failed sample (advantage None) keeps its row but contributes no scored token."""
+                         num_moe_layers: int, top_k: int) -> TrainingBatch:
+    """Stacks rollouts; a failed sample (advantage None) keeps its row but contributes no scored token.
+    num_moe_layers, top_k: the policy's `LayerMap` (routes are checked against it)."""
     lengths = [len(r.prompt.token_ids) + len(r.completion.token_ids) for r in rollouts]
     b, s = len(rollouts), max(lengths)
     input_ids = torch.full((b, s), pad_id, dtype=torch.long)
@@ -54,7 +58,7 @@ def build_training_batch(rollouts: Sequence[Rollout], advantages: Sequence[float
     mask = torch.zeros(b, s)
     gen_lp = torch.zeros(b, s)
     have_routes = all(r.completion.routed_experts is not None for r in rollouts)
-    routes = torch.full((b, s, num_layers, top_k), -1, dtype=torch.int16) if have_routes else None
+    routes = torch.full((b, s, num_moe_layers, top_k), -1, dtype=torch.int16) if have_routes else None
     for i, rollout in enumerate(rollouts):
         prompt, completion = rollout.prompt.token_ids, rollout.completion
         p, r = len(prompt), len(completion.token_ids)
@@ -66,11 +70,12 @@ def build_training_batch(rollouts: Sequence[Rollout], advantages: Sequence[float
         gen_lp[i, p - 1:p + r - 1] = torch.tensor(completion.generator_logprobs, dtype=torch.float32)
         if routes is not None:
             rows = np.asarray(completion.routed_experts)
-            if rows.shape[0] != p + r - 1 or rows.shape[1] != num_layers or rows.shape[2] != top_k:
+            if rows.shape[0] != p + r - 1 or rows.shape[1] != num_moe_layers or rows.shape[2] != top_k:
                 raise ValueError(
                     f"rollout {rollout.prompt.prompt_id}#{completion.sample_index}: routed_experts shape "
-                    f"{rows.shape}, expected ({p + r - 1}, {num_layers}, {top_k}) = (prompt+response-1, layers, "
-                    "top_k); the engine and the learner disagree on the model (export the policy again)")
+                    f"{rows.shape}, expected ({p + r - 1}, {num_moe_layers}, {top_k}) = (prompt+response-1, MoE "
+                    "layers, top_k); the engine and the learner disagree on the model (export the policy again), "
+                    "or the engine's dense-layer rows were not dropped (LayerMap.engine_to_moe)")
             routes[i, : p + r - 1] = torch.from_numpy(rows.astype(np.int16))
     adv = torch.tensor([0.0 if a is None else a for a in advantages], dtype=torch.float32)
     return TrainingBatch(input_ids, attention, mask, gen_lp, adv, routes, int(mask.sum()))

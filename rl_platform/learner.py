@@ -13,6 +13,8 @@ the live routes it computes alongside the forced ones give the mismatch metrics.
 over the batch (measured on the demo: learn phase 4.9 s -> 2.1 s per step together with skipping flat groups).
 Failed samples (reward None) are masked out of the loss; they were counted by the controller.
 Replay mode semantics and why R3 matters for MoE: docs/routing_replay.md.
+The policy is a `ModelAdapter` (rl_platform/model/adapter.py): any supported HF MoE architecture, with routes
+over its MoE layers only (docs/bring_your_own_model.md).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from rl_platform.batching import TrainingBatch, build_training_batch
 from rl_platform.config import check
 from rl_platform.losses import GRPOLossConfig, LossConfig, PolicyLossInputs
 from rl_platform.model import MoETransformer
-from rl_platform.model.hf_interop import checkpoint_tensors, export_hf, load_hf
+from rl_platform.model.adapter import ModelAdapter, load_adapter
 from rl_platform.optim.adagc import GlobalNormClipConfig, deepspeed_gradient_access
 from rl_platform.optim.optimizer import OptimConfig, build_deepspeed_engine
 from rl_platform.rl_metrics import route_mismatch_metrics, train_infer_metrics
@@ -73,7 +75,7 @@ class LearnerConfig:
               "use the rollout's sampling temperature")
 
 
-def response_logprobs(model: MoETransformer, batch: TrainingBatch, forced_routes=None, capture: bool = False,
+def response_logprobs(model: ModelAdapter, batch: TrainingBatch, forced_routes=None, capture: bool = False,
                       temperature: float = 1.0):
     """(logprobs_BS, entropy_BS, output): target-aligned log-probability of the next token at every position,
     under softmax(logits / temperature)."""
@@ -83,7 +85,7 @@ def response_logprobs(model: MoETransformer, batch: TrainingBatch, forced_routes
     return logprobs, entropy, out
 
 
-def _scored(model: MoETransformer, out, batch: TrainingBatch, temperature: float):
+def _scored(model: ModelAdapter, out, batch: TrainingBatch, temperature: float):
     b, s, d = out.hidden_BSD.shape
     targets = torch.roll(batch.input_ids_BS, shifts=-1, dims=1)
     logprobs, entropy = fused_logprobs(out.hidden_BSD.reshape(b * s, d), model.lm_head_weight, targets.reshape(-1),
@@ -91,7 +93,7 @@ def _scored(model: MoETransformer, out, batch: TrainingBatch, temperature: float
     return logprobs.view(b, s), entropy.view(b, s)
 
 
-def _engine_view_logprobs(model: MoETransformer, out, batch: TrainingBatch, logprobs_BS, temperature: float):
+def _engine_view_logprobs(model: ModelAdapter, out, batch: TrainingBatch, logprobs_BS, temperature: float):
     """Temperature-1 log-probs (what the engine reports), reusing the forward's hidden states."""
     if temperature == 1.0:
         return logprobs_BS.detach()
@@ -141,8 +143,12 @@ class Learner:
     def __init__(self, config: LearnerConfig, model_path: str, seed: int = 0) -> None:
         torch.manual_seed(seed)
         self.config = config
-        model = load_hf(model_path).eval()
-        self.reference = copy.deepcopy(model).requires_grad_(False) if config.loss.kl_coef > 0 else None
+        self.policy = load_adapter(model_path)
+        model = self.policy.module.eval()
+        self.reference = None
+        if config.loss.kl_coef > 0:
+            self.reference = copy.deepcopy(self.policy)
+            self.reference.module.requires_grad_(False)
         self.engine, self.optimizer = build_deepspeed_engine(
             model, config.optim, zero_stage=config.zero_stage, bf16=config.bf16,
             micro_batch_size=config.micro_batch_size, grad_accum_steps=1)
@@ -154,11 +160,13 @@ class Learner:
 
     @property
     def model(self) -> MoETransformer:
+        """The trained module (the one DeepSpeed updates; `policy` computes with it)."""
         return self.engine.module
 
     def train_on_rollouts(self, rollouts: list[Rollout], advantages: list[float | None]) -> dict[str, float]:
-        cfg = self.model.config
-        batch = build_training_batch(rollouts, advantages, cfg.pad_token_id, cfg.num_layers, cfg.top_k)
+        layers = self.policy.layer_map
+        batch = build_training_batch(rollouts, advantages, self.policy.pad_token_id, layers.num_moe_layers,
+                                     layers.top_k)
         return self.train_step(batch)
 
     def train_step(self, batch: TrainingBatch) -> dict[str, float]:
@@ -172,10 +180,10 @@ class Learner:
         with torch.no_grad():
             if not fused_old:
                 old_lp, _, old_out = response_logprobs(
-                    self.model, batch,
+                    self.policy, batch,
                     forced_routes=batch.rollout_routes_BSLK if cfg.routing_replay == "R3" else None, capture=True,
                     temperature=cfg.temperature)
-                observed.record(slice(None), _engine_view_logprobs(self.model, old_out, batch, old_lp,
+                observed.record(slice(None), _engine_view_logprobs(self.policy, old_out, batch, old_lp,
                                                                    cfg.temperature), old_out)
                 recorded_routes = old_out.routes_BSLK
             ref_lp = (response_logprobs(self.reference, batch, temperature=cfg.temperature)[0]
@@ -213,11 +221,11 @@ class Learner:
             idx = rows[start:start + cfg.micro_batch_size]
             micro = batch.rows(idx)
             forced = None if replay_routes is None else replay_routes[idx]
-            logprobs, entropy, out = response_logprobs(self.engine.module, micro, forced_routes=forced,
+            logprobs, entropy, out = response_logprobs(self.policy, micro, forced_routes=forced,
                                                        capture=micro.rollout_routes_BSLK is not None,
                                                        temperature=cfg.temperature)
             if observed is not None:
-                observed.record(idx, _engine_view_logprobs(self.engine.module, out, micro, logprobs,
+                observed.record(idx, _engine_view_logprobs(self.policy, out, micro, logprobs,
                                                            cfg.temperature), out)
             result = cfg.loss.loss(PolicyLossInputs(
                 logprobs_BS=logprobs, old_logprobs_BS=logprobs.detach() if old_lp is None else old_lp[idx],
@@ -255,7 +263,7 @@ class Learner:
         if self.step != self._published_step:
             self.version += 1
             self._published_step = self.step
-        tensors = {name: t.clone() for name, t in checkpoint_tensors(self.model)}
+        tensors = {name: t.clone() for name, t in self.policy.checkpoint_tensors()}
         return PolicyWeights(version=self.version, tensors=tensors)
 
     def save_checkpoint(self, path: str, client_state: dict) -> None:
@@ -273,4 +281,4 @@ class Learner:
         return state
 
     def export(self, path: str, tokenizer=None) -> str:
-        return str(export_hf(self.model, path, tokenizer=tokenizer))
+        return str(self.policy.export(path, tokenizer=tokenizer))

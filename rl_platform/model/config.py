@@ -10,10 +10,16 @@ from rl_platform.config import check
 
 @dataclass(kw_only=True, slots=True)
 class MoEModelConfig:
-    """Architecture of the MoE decoder (ERNIE 5.0 style; exported as HF `Ernie4_5_MoeForCausalLM`).
+    """Architecture of the MoE decoder (ERNIE 5.0 style by default; exported as HF `Ernie4_5_MoeForCausalLM`).
+
+    A few switches (RoPE layout, q/k-norm, gate renormalisation, dense layers) make the same decoder compute
+    what Qwen3-MoE and OLMoE compute; docs/bring_your_own_model.md lists which Hugging Face architecture
+    sets which (rl_platform/model/architectures/).
 
     Example:
         MoEModelConfig(vocab_size=1024, hidden_size=128, num_layers=4, num_experts=32, top_k=4)
+        MoEModelConfig(num_layers=4, dense_layers=(0,), dense_ffn_dim=256, rope_style="neox", qk_norm="head",
+                       normalize_gates=False, num_shared_experts=0, hf_architecture="Qwen3MoeForCausalLM")
     """
 
     vocab_size: int = 1024
@@ -21,7 +27,13 @@ class MoEModelConfig:
     hidden_size: int = 128
     """Model dim D."""
     num_layers: int = 4
-    """Decoder layers; every layer has an MoE FFN (no dense first layer, see docs/algorithms.md, 'Aux-loss-free balancing and routing diagnostics')."""
+    """Decoder layers; each has an MoE FFN except those in `dense_layers` (our own pretraining uses none, see
+    docs/algorithms.md, 'Aux-loss-free balancing and routing diagnostics')."""
+    dense_layers: tuple[int, ...] = ()
+    """Decoder layers whose FFN is one dense SwiGLU of width dense_ffn_dim (ERNIE-4.5's first layer, Qwen3-MoE's
+    mlp_only_layers). They carry no routes: route tensors cover the MoE layers only (`moe_layer_ids`)."""
+    dense_ffn_dim: int = 0
+    """Hidden width of the dense layers' SwiGLU FFN (HF `intermediate_size`); > 0 when dense_layers is set."""
     num_heads: int = 4
     """Query heads."""
     num_kv_heads: int = 2
@@ -38,6 +50,17 @@ class MoEModelConfig:
     """Hidden width F of each routed expert's SiLU-gated FFN."""
     rope_theta: float = 10000.0
     """RoPE base."""
+    rope_style: Literal["interleaved", "neox"] = "interleaved"
+    """Which dims RoPE rotates together: interleaved pairs (x[2i], x[2i+1]) as ERNIE-4.5 does, or the two
+    halves (x[i], x[i + Dh/2]) as GPT-NeoX, Llama, Qwen3-MoE and OLMoE do."""
+    qk_norm: Literal["none", "head", "full"] = "none"
+    """RMSNorm of queries and keys before RoPE: none (ERNIE-4.5), per head over Dh (Qwen3), or over the whole
+    projection of all heads (OLMoE)."""
+    normalize_gates: bool = True
+    """Divide the chosen experts' softmax probabilities by their sum (ERNIE-4.5, Qwen3 with norm_topk_prob);
+    False keeps the raw probabilities (OLMoE, Qwen3 without norm_topk_prob)."""
+    hf_architecture: str = "Ernie4_5_MoeForCausalLM"
+    """The Hugging Face architecture this model is exported as (rl_platform.model.architectures lists them)."""
     rms_norm_eps: float = 1e-5
     """RMSNorm epsilon."""
     max_position_embeddings: int = 4096
@@ -74,6 +97,14 @@ class MoEModelConfig:
               "use an even head_dim")
         check(self.top_k <= self.num_experts, "MoEModelConfig.top_k", self.top_k,
               f"must be <= num_experts={self.num_experts}", "lower top_k or raise num_experts")
+        check(all(0 <= i < self.num_layers for i in self.dense_layers)
+              and list(self.dense_layers) == sorted(set(self.dense_layers))
+              and len(self.dense_layers) < self.num_layers,
+              "MoEModelConfig.dense_layers", self.dense_layers,
+              f"must be ascending unique layer ids in [0, {self.num_layers}) leaving at least one MoE layer",
+              "list the dense layers in order")
+        check(not self.dense_layers or self.dense_ffn_dim > 0, "MoEModelConfig.dense_ffn_dim", self.dense_ffn_dim,
+              "must be > 0 when dense_layers is set", "give the dense FFN width (HF intermediate_size)")
         check(self.num_shared_experts >= 0, "MoEModelConfig.num_shared_experts", self.num_shared_experts,
               "must be >= 0", "use 0 for no shared expert")
         check(0.0 < self.rr_tau <= 1.0, "MoEModelConfig.rr_tau", self.rr_tau, "must be in (0, 1]",
@@ -81,15 +112,23 @@ class MoEModelConfig:
         check(self.rr_block_size % self.rr_stride == 0, "MoEModelConfig.rr_block_size", self.rr_block_size,
               f"must be a multiple of rr_stride={self.rr_stride}", "use e.g. block 64 with stride 8")
 
+    @property
+    def moe_layer_ids(self) -> tuple[int, ...]:
+        """Decoder layers with an MoE FFN, ascending: route slot m belongs to layer moe_layer_ids[m]."""
+        dense = set(self.dense_layers)
+        return tuple(i for i in range(self.num_layers) if i not in dense)
+
     def num_params(self, *, active: bool = False, top_k: int | None = None) -> int:
         """Parameter count; `active=True` counts only what one token uses (shared + top-k experts)."""
         d, f = self.hidden_size, self.expert_ffn_dim
         attn = d * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
         per_expert = 3 * d * f
         routed = (top_k or self.top_k) if active else self.num_experts
-        layer = attn + 2 * d + d * self.num_experts + (routed + self.num_shared_experts) * per_expert
+        moe_layer = attn + 2 * d + d * self.num_experts + (routed + self.num_shared_experts) * per_expert
+        dense_layer = attn + 2 * d + 3 * d * self.dense_ffn_dim
         embed = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * layer + embed + d
+        num_dense = len(self.dense_layers)
+        return (self.num_layers - num_dense) * moe_layer + num_dense * dense_layer + embed + d
 
     def activation_ratio(self) -> float:
         """Share of the expert parameters one token activates (shared + top-k over shared + all)."""

@@ -8,6 +8,8 @@ exported checkpoint and the rollout engine agree):
     probs_TE         = softmax(router_logits_TE)
     topk_ids_TK      = topk(probs_TE + selection_bias_E, K)        # the bias only SELECTS (aux-loss-free)
     gates_TK         = probs_TE[topk_ids_TK] / sum                  # weights come from the unbiased probs
+The division by the sum is skipped when `normalize_gates` is False (OLMoE, Qwen3 without norm_topk_prob:
+the chosen probabilities are used as they are, so the routed output's scale follows the router's confidence).
 Elastic width masks the router to an expert subset before the softmax (the softmax of a sliced router is the
 same thing, which is why an exported sub-model matches). Elastic sparsity keeps the first k_t of the K picks.
 
@@ -72,6 +74,7 @@ class Router(nn.Module):
         super().__init__()
         self.num_experts = config.num_experts
         self.top_k = config.top_k
+        self.normalize = config.normalize_gates
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
         self.register_buffer("selection_bias_E", torch.zeros(config.num_experts), persistent=True)
 
@@ -104,7 +107,8 @@ class Router(nn.Module):
                 num_forced = int(use_T.sum())
         valid_TK = ids_TK >= 0
         gates_TK = probs_TE.gather(1, ids_TK.clamp_min(0)) * valid_TK
-        gates_TK = gates_TK / gates_TK.sum(dim=-1, keepdim=True).clamp_min(_NORM_MIN)
+        if self.normalize:
+            gates_TK = gates_TK / gates_TK.sum(dim=-1, keepdim=True).clamp_min(_NORM_MIN)
         return RoutingResult(ids_TK, gates_TK, probs_TE, num_forced, live_ids_TK)
 
 

@@ -1,18 +1,21 @@
 """The elastic MoE decoder: one definition for pretraining, the RL learner and the HF/vLLM interchange.
 
 Shape legend: B rows, S positions, T = B*S tokens, D model dim, H query heads, G kv heads, Dh head dim,
-L decoder layers, K experts per token, E experts, V vocab.
+L MoE layers (route slots: `config.moe_layer_ids[l]` is the decoder layer of slot l; dense layers have none),
+K experts per token, E experts, V vocab.
 
 Elastic forward: every row may run its own `SubModel` (layers kept, experts kept, top-k) inside one batched
 forward and one backward. Depth: a layer runs only on the rows that keep it (the others pass through).
 Width: the router of those rows is masked to their expert subset. Sparsity: they keep their first k picks.
 
-Routing capture/replay: `capture_routes=True` returns the experts chosen at every (row, position, layer) as
-`routes_BSLK` (-1 for a skipped layer or an unused slot); `forced_routes_BSLK` of the same shape makes every
+Routing capture/replay: `capture_routes=True` returns the experts chosen at every (row, position, MoE layer)
+as `routes_BSLK` (-1 for a skipped layer or an unused slot); `forced_routes_BSLK` of the same shape makes every
 MoE layer use those experts (see moe.py for the gate semantics); -1 rows fall back to live routing.
 
-Numerics follow transformers' Ernie4.5-MoE (and vLLM's): RMSNorm in float32, interleaved (GPT-J style)
-RoPE computed in float32, float32 router.
+Numerics follow transformers' (and vLLM's) Ernie4.5-MoE, Qwen3-MoE and OLMoE, picked by config switches:
+RMSNorm in float32, RoPE computed in float32 (interleaved pairs or NeoX halves), optional q/k RMSNorm, float32
+router, gates renormalised or not; dense layers run one SwiGLU. Why switches and not one module per
+architecture: docs/bring_your_own_model.md, 'Design'.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rl_platform.model.config import MoEModelConfig, SubModel
-from rl_platform.model.moe import MoEFeedForward
+from rl_platform.model.moe import MoEFeedForward, SwiGLU
 
 
 class RMSNorm(nn.Module):
@@ -47,13 +50,17 @@ def rope_cos_sin(position_ids_BS: Tensor, head_dim: int, theta: float) -> tuple[
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x_BHSD: Tensor, cos_BSP: Tensor, sin_BSP: Tensor) -> Tensor:
-    """Rotates interleaved pairs (x[2i], x[2i+1]) by the position's angle (what HF Ernie4.5 and vLLM's
-    is_neox_style=False rotary compute)."""
+def apply_rope(x_BHSD: Tensor, cos_BSP: Tensor, sin_BSP: Tensor, style: str = "interleaved") -> Tensor:
+    """Rotates pair i of every head by the position's angle i. interleaved: the pair is (x[2i], x[2i+1]) (HF
+    Ernie4.5, vLLM is_neox_style=False); neox: (x[i], x[i + Dh/2]) (HF rotate_half, vLLM is_neox_style=True)."""
     x = x_BHSD.float()
-    even, odd = x[..., 0::2], x[..., 1::2]
     cos, sin = cos_BSP[:, None], sin_BSP[:, None]
-    out = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
+    if style == "neox":
+        first, second = x.chunk(2, dim=-1)
+        out = torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
+    else:
+        even, odd = x[..., 0::2], x[..., 1::2]
+        out = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
     return out.to(x_BHSD.dtype)
 
 
@@ -66,12 +73,29 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, config.num_kv_heads * dh, bias=False)
         self.v_proj = nn.Linear(d, config.num_kv_heads * dh, bias=False)
         self.o_proj = nn.Linear(config.num_heads * dh, d, bias=False)
+        # q/k RMSNorm before RoPE: over each head (Qwen3) or over all heads' projection at once (OLMoE)
+        norm_width = {"head": (dh, dh), "full": (config.num_heads * dh, config.num_kv_heads * dh)}
+        if config.qk_norm in norm_width:
+            q_width, k_width = norm_width[config.qk_norm]
+            self.q_norm = RMSNorm(q_width, config.rms_norm_eps)
+            self.k_norm = RMSNorm(k_width, config.rms_norm_eps)
+
+    def _heads(self, proj: nn.Linear, norm_name: str, x_BSD: Tensor) -> Tensor:
+        """[B, heads, S, Dh] of one projection, q/k-normed as configured."""
+        b, s, _ = x_BSD.shape
+        y = proj(x_BSD)
+        if self.config.qk_norm == "full":
+            y = getattr(self, norm_name)(y)
+        y = y.view(b, s, -1, self.config.head_dim)
+        if self.config.qk_norm == "head":
+            y = getattr(self, norm_name)(y)
+        return y.transpose(1, 2)
 
     def forward(self, x_BSD: Tensor, cos: Tensor, sin: Tensor, mask_B1SS: Tensor | None) -> Tensor:
         b, s, _ = x_BSD.shape
-        dh = self.config.head_dim
-        q = apply_rope(self.q_proj(x_BSD).view(b, s, -1, dh).transpose(1, 2), cos, sin)
-        k = apply_rope(self.k_proj(x_BSD).view(b, s, -1, dh).transpose(1, 2), cos, sin)
+        dh, style = self.config.head_dim, self.config.rope_style
+        q = apply_rope(self._heads(self.q_proj, "q_norm", x_BSD), cos, sin, style)
+        k = apply_rope(self._heads(self.k_proj, "k_norm", x_BSD), cos, sin, style)
         v = self.v_proj(x_BSD).view(b, s, -1, dh).transpose(1, 2)
         if self.config.attention_backend == "rrattention" and mask_B1SS is None:
             from kernels.rrattention.op import rr_attention
@@ -89,12 +113,13 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: MoEModelConfig) -> None:
+    def __init__(self, config: MoEModelConfig, is_moe: bool = True) -> None:
         super().__init__()
+        self.is_moe = is_moe
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MoEFeedForward(config)
+        self.mlp = MoEFeedForward(config) if is_moe else SwiGLU(config.hidden_size, config.dense_ffn_dim)
 
 
 @dataclass
@@ -126,7 +151,8 @@ class MoETransformer(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        dense = set(config.dense_layers)
+        self.layers = nn.ModuleList(DecoderLayer(config, is_moe=i not in dense) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
                                                                          bias=False)
@@ -158,7 +184,8 @@ class MoETransformer(nn.Module):
         return F.linear(hidden, self.lm_head_weight)
 
     def moe_layers(self) -> list[MoEFeedForward]:
-        return [layer.mlp for layer in self.layers]
+        """The MoE FFNs in route-slot order (dense layers excluded)."""
+        return [layer.mlp for layer in self.layers if layer.is_moe]
 
     def forward(self, input_ids_BS: Tensor, *, position_ids_BS: Tensor | None = None,
                 attention_mask_BS: Tensor | None = None, doc_ids_BS: Tensor | None = None,
@@ -176,10 +203,11 @@ class MoETransformer(nn.Module):
         plan = _ElasticPlan.build(cfg, submodels, b, s, device)
         h_BSD = self.embed_tokens(input_ids_BS)
         width = max(cfg.top_k, plan.max_k)
-        routes_BSLK = (torch.full((b, s, cfg.num_layers, width), -1, dtype=torch.int16, device=device)
+        routes_BSLK = (torch.full((b, s, len(cfg.moe_layer_ids), width), -1, dtype=torch.int16, device=device)
                        if capture_routes else None)
         live_BSLK = routes_BSLK.clone() if capture_routes and forced_routes_BSLK is not None else None
         aux_losses, num_forced = [], 0
+        slots = {layer_id: slot for slot, layer_id in enumerate(cfg.moe_layer_ids)}
         for index, layer in enumerate(self.layers):
             rows = plan.rows_for_layer(index)
             if rows is not None and rows.numel() == 0:
@@ -191,9 +219,14 @@ class MoETransformer(nn.Module):
             attn_in = layer.input_layernorm(x)
             x = x + layer.self_attn(attn_in, sub(cos), sub(sin), None if mask_B1SS is None else sub(mask_B1SS))
             rb, rs, d = x.shape
+            if not layer.is_moe:
+                x = x + layer.mlp(layer.post_attention_layernorm(x))
+                h_BSD = x if rows is None else h_BSD.index_copy(0, rows, x)
+                continue
+            slot = slots[index]
             forced = None
             if forced_routes_BSLK is not None:
-                forced = sub(forced_routes_BSLK[:, :, index]).reshape(rb * rs, -1)
+                forced = sub(forced_routes_BSLK[:, :, slot]).reshape(rb * rs, -1)
             moe_out, routing = layer.mlp(
                 layer.post_attention_layernorm(x).reshape(rb * rs, d),
                 expert_mask_TE=None if plan.expert_mask_BE is None else sub(plan.expert_mask_BE).repeat_interleave(
@@ -206,15 +239,8 @@ class MoETransformer(nn.Module):
                 aux_losses.append(layer.mlp.aux_loss)
             for store, chosen in ((routes_BSLK, routing.topk_ids_TK), (live_BSLK, routing.live_ids_TK)):
                 if store is not None:
-                    ids = chosen.view(rb, rs, -1)[..., :width].to(torch.int16)
-                    target = store if rows is None else store.index_select(0, rows)
-                    target[:, :, index, : ids.shape[-1]] = ids
-                    if rows is not None:
-                        store.index_copy_(0, rows, target)
-            if rows is None:
-                h_BSD = x
-            else:
-                h_BSD = h_BSD.index_copy(0, rows, x)
+                    _store_routes(store, chosen.view(rb, rs, -1)[..., :width], rows, slot)
+            h_BSD = x if rows is None else h_BSD.index_copy(0, rows, x)
         hidden = self.norm(h_BSD)
         mtp_hidden = self.mtp(hidden, self.embed_tokens, input_ids_BS, cos, sin, mask_B1SS) if self.mtp else None
         return ModelOutput(hidden_BSD=hidden, routes_BSLK=routes_BSLK,
@@ -248,6 +274,15 @@ class MTPBlock(nn.Module):
         b, s, d = x.shape
         moe_out, _ = self.layer.mlp(self.layer.post_attention_layernorm(x).reshape(b * s, d))
         return self.norm(x + moe_out.view(b, s, d))
+
+
+def _store_routes(store_BSLK: Tensor, ids_BSK: Tensor, rows: Tensor | None, slot: int) -> None:
+    """Writes one MoE layer's expert ids into route slot `slot` of the rows that ran it."""
+    ids = ids_BSK.to(torch.int16)
+    target = store_BSLK if rows is None else store_BSLK.index_select(0, rows)
+    target[:, :, slot, : ids.shape[-1]] = ids
+    if rows is not None:
+        store_BSLK.index_copy_(0, rows, target)
 
 
 def _attention_mask(b: int, s: int, device: torch.device, attention_mask_BS: Tensor | None,

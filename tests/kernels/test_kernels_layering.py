@@ -27,4 +27,5 @@ def test_kernels_import_nothing_else_of_ours():
         env={**os.environ, "TRITON_INTERPRET": "1"},
     )  # fmt: skip
     leaked = OUR_OTHER_PACKAGES & set(result.stdout.split())
-    assert not leaked, f"kernels imported {sorted(leaked)}; kernels must stay the bottom layer (docs/contributing.md, 'Layers')"
+    assert not leaked, (f"kernels imported {sorted(leaked)}; kernels must stay the bottom layer "
+                        "(docs/contributing.md, 'Layers')")
