@@ -20,6 +20,7 @@ from jobs.rl_config import RLJobConfig
 from jobs.rl_report import write_rl_report
 from rl_platform.controller import Controller, SamplingConfig
 from rl_platform.evaluation import evaluate_pass_rate
+from rl_platform.ledger import Ledger
 from rl_platform.model.tokenizer import load_tokenizer
 from rl_platform.run_dir import RunDir, setup_logging
 from rl_platform.tasks.prompts import ArithmeticPrompts
@@ -67,17 +68,24 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
     learner = dataclasses.replace(config.learner, temperature=config.sampling.temperature)
     generator, scorer, trainer = start_roles(model_path=str(base_path), rollout=config.rollout,
                                              learner=learner, reward_config=config.reward,
-                                             resources=config.resources, seed=config.run.seed)
+                                             resources=config.resources, seed=config.run.seed,
+                                             overlap=config.loop.rollout.overlap)
     tokenizer = load_tokenizer(base_path)
     prompts = ArithmeticPrompts(config.prompts, tokenizer, config.run.seed)
     held_out = prompts.held_out(config.eval.num_prompts)
     sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + 1_000_003 * config.run.seed)
+    ledger = Ledger(run_dir.path / "ledger.jsonl")
     controller = Controller(generator, scorer, trainer, prompts.train_batch, config.loop, sampling,
-                            record_rollouts=run_dir.log_rollouts)
+                            record_rollouts=run_dir.log_rollouts, ledger=ledger)
     ckpt = run_dir.checkpoints / "rl"
     start = 0
     if resume and (ckpt / "latest").exists():
-        start = int(trainer.load_checkpoint(str(ckpt))["step"])
+        state = trainer.load_checkpoint(str(ckpt))
+        start = int(state["step"])
+        if "scheduler" in state:  # the dataset cursor and the groups admitted but not trained
+            controller.scheduler.load_state_dict(state["scheduler"])
+        else:
+            controller.scheduler.resume_at(start)
         controller.policy_version = controller.sync_weights()
         logger.info("resumed at step %d (policy version %d)", start, controller.policy_version)
     greedy = SamplingConfig(num_samples_per_prompt=1, max_tokens=config.eval.max_tokens, temperature=0.0)
@@ -103,9 +111,13 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
                     metrics.get("moe/route_mismatch", 0.0), metrics["perf/step_seconds"])
         last = step + 1 == config.loop.num_steps
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and not last:
-            trainer.save_checkpoint(str(ckpt), {"step": step + 1})
+            # in-flight samples are regenerated after a resume; the cursor says which groups were trained
+            trainer.save_checkpoint(str(ckpt), {"step": step + 1, "scheduler": controller.scheduler.state_dict()})
         if config.eval.every_steps and (step + 1) % config.eval.every_steps == 0 and not last:
             evaluate(step + 1)
+    controller.close()  # stop generating for steps that will not run
+    logger.info("ledger: %s", ledger.summary())
+    ledger.close()
     final = evaluate(config.loop.num_steps)
     trainer.save_checkpoint(str(ckpt), {"step": config.loop.num_steps})
     policy_dir = trainer.export(str(run_dir.path / "models" / "policy"))

@@ -1,31 +1,35 @@
-"""The RL controller: one synchronous, on-policy step at a time, against the role protocols only.
+"""The RL controller: one RL step at a time, against the role protocols only.
 
-    prompts(step) --> Generator.generate --> RewardScorer.score --> group advantages
-        --> PolicyTrainer.train_step --> PolicyTrainer.publish_weights --> Generator.load_weights
+    scheduler.next_batch(t) --> group advantages --> PolicyTrainer.train_step
+        --> PolicyTrainer.publish_weights --> Generator.load_weights --> scheduler.end_step
 
 Consumes / waits for / unblocked by, per step:
-- generate:  consumes the step's prompts; waits for the engines; every completion carries the policy
-  version it came from, and the controller refuses to train on a mixed or stale batch;
-- score:     consumes the completions; a failed sample comes back marked (value None), never as 0;
-- train:     consumes the rollouts with their advantages; failed samples are masked out of the loss;
-- sync:      publishes version v+1 and blocks until every engine serves it.
-Metrics are returned per step (`area/name` keys) and written by the caller's sink.
+- next_batch: consumes step t's scored groups, which the rollout mode picks (rl_platform/replay_buffer.py:
+  sync | april | urb); waits until they are generated and scored (rl_platform/rollout_scheduler.py); in the
+  async modes the engines have been generating them while the learner trained the previous steps;
+- train:      consumes the rollouts with their advantages; failed samples are masked out of the loss, groups
+  without signal are left out; every sample's fate goes to the ledger (rl_platform/ledger.py);
+- sync:       publishes version v+1 and blocks until every engine serves it (in-flight requests continue under
+  it, each token recording the version that sampled it).
+Metrics are returned per step (`area/name` keys) and written by the caller's sink. docs/async_rl.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rl_platform.advantages import group_advantages
 from rl_platform.config import check
+from rl_platform.ledger import Ledger
 from rl_platform.protocols import Generator, PolicyTrainer, RewardScorer
-from rl_platform.types import Completion, Prompt, Rollout
+from rl_platform.replay_buffer import RolloutModeConfig, SyncRolloutConfig
+from rl_platform.rollout_scheduler import RolloutScheduler
+from rl_platform.types import Prompt, Rollout
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +47,8 @@ class SamplingConfig:
     top_k: int = -1
     """-1 disables top-k filtering."""
     seed: int = 0
-    """Base sampling seed; the controller offsets it by the step, so a resumed run samples the same way."""
+    """Base sampling seed; each sample's seed is a hash of it and the sample's key (SampleKey.seed), so a
+    resumed run, a re-issued request or another rollout mode samples the same way on the same weights."""
     ignore_eos: bool = False
     """Always generate max_tokens (benchmarks use it to equalise work)."""
 
@@ -71,7 +76,15 @@ class ControllerConfig:
     sampling filter, without re-sampling). When kl_coef > 0 they would still pull towards the reference; set
     False to keep them. A step whose every group is flat skips the update (`train/skipped`)."""
 
+    rollout: RolloutModeConfig = field(default_factory=SyncRolloutConfig)
+    """How rollouts reach the learner: sync | april | urb (`--set loop.rollout=urb`), docs/async_rl.md."""
+    max_staleness: int = 4
+    """Versions a trained token may lag the learner; older samples are dropped and regenerated
+    (`rollout/stale_dropped`). 4 as TRL's AsyncGRPO; urb with buffer_groups=N lags at most N."""
+
     def __post_init__(self) -> None:
+        check(self.max_staleness >= 0, "ControllerConfig.max_staleness", self.max_staleness, "must be >= 0",
+              "use >= loop.rollout.buffer_groups (4 by default)")
         check(self.num_steps >= 1, "ControllerConfig.num_steps", self.num_steps, "must be >= 1", "use e.g. 40")
         check(self.num_prompts_per_step >= 1, "ControllerConfig.num_prompts_per_step", self.num_prompts_per_step,
               "must be >= 1", "use 8-64")
@@ -98,62 +111,53 @@ class Timer:
 
 
 class Controller:
-    """Runs RL steps; holds no model, only the roles.
+    """Runs RL steps; holds no model, only the roles and the rollout scheduler.
 
     Example:
         controller = Controller(generator, scorer, trainer, prompts.train_batch, ControllerConfig(), sampling)
         for step in range(config.num_steps):
             metrics = controller.run_step(step)
+        controller.close()
     """
 
     def __init__(self, generator: Generator, scorer: RewardScorer, trainer: PolicyTrainer,
                  prompt_batch: Callable[[int, int], list[Prompt]], config: ControllerConfig,
                  sampling: SamplingConfig, policy_version: int = 0,
-                 record_rollouts: Callable[[int, list[Rollout]], None] | None = None) -> None:
+                 record_rollouts: Callable[[int, list[Rollout]], None] | None = None,
+                 ledger: Ledger | None = None) -> None:
         self.generator = generator
-        self.scorer = scorer
         self.trainer = trainer
-        self.prompt_batch = prompt_batch
         config.check_sampling(sampling)
         self.config = config
         self.sampling = sampling
         self.policy_version = policy_version
         self.record_rollouts = record_rollouts
         """Called with every step's scored rollouts (sample-level provenance: which reward, which version)."""
+        self.scheduler = RolloutScheduler(generator, scorer, prompt_batch, config.rollout, sampling,
+                                          config.num_prompts_per_step, config.max_staleness, ledger or Ledger())
 
     def run_step(self, step: int) -> dict[str, float]:
-        timer = Timer()
-        prompts = self.prompt_batch(step, self.config.num_prompts_per_step)
-        with timer.phase("generate"):
-            groups = self.generator.generate(prompts, dataclasses.replace(self.sampling,
-                                                                          seed=self.sampling.seed + step))
-        self._check_versions(groups)
-        flat_prompts = [p for p, group in zip(prompts, groups, strict=True) for _ in group]
-        flat = [c for group in groups for c in group]
-        with timer.phase("score"):
-            outcomes = self.scorer.score(flat_prompts, flat)
-        rollouts = [Rollout(prompt=p, completion=c, reward=o) for p, c, o in zip(flat_prompts, flat, outcomes,
-                                                                                   strict=True)]
+        timer, start = Timer(), time.perf_counter()
+        with timer.phase("generate"):  # waits for the step's groups; async modes generated them meanwhile
+            batch = self.scheduler.next_batch(step, self.policy_version)
         if self.record_rollouts is not None:
-            self.record_rollouts(step, rollouts)
-        advantages = []
-        for start in range(0, len(rollouts), self.sampling.num_samples_per_prompt):
-            group = rollouts[start:start + self.sampling.num_samples_per_prompt]
-            advantages += group_advantages([r.reward.value for r in group],
-                                           normalize_std=self.config.normalize_advantage_std)
+            self.record_rollouts(step, batch.rollouts)
+        advantages = [a for g in batch.groups
+                      for a in group_advantages([r.value for r in g.rewards],
+                                                normalize_std=self.config.normalize_advantage_std)]
         train_rows = self._rows_to_train(advantages)
+        self.scheduler.consume(batch, train_rows)
         learner_metrics = {"train/rows": float(len(train_rows)), "train/skipped": float(not train_rows)}
         if train_rows:
             with timer.phase("learn"):
-                learner_metrics.update(self.trainer.train_step([rollouts[i] for i in train_rows],
+                learner_metrics.update(self.trainer.train_step([batch.rollouts[i] for i in train_rows],
                                                                [advantages[i] for i in train_rows]))
             with timer.phase("sync"):
                 self.policy_version = self.sync_weights()
-        metrics = {**rollout_metrics(rollouts, advantages, self.config, self.sampling), **learner_metrics,
-                   **timer.metrics}
-        generated = sum(len(r.completion.token_ids) for r in rollouts)
-        metrics["perf/generate_tokens_per_s"] = generated / max(timer.metrics["timing/generate"], 1e-9)
-        metrics["perf/step_seconds"] = sum(timer.metrics.values())
+        metrics = {**rollout_metrics(batch.rollouts, advantages, self.config, self.sampling), **batch.metrics,
+                   **learner_metrics, **timer.metrics, **self.scheduler.end_step(self.policy_version)}
+        metrics["perf/step_seconds"] = time.perf_counter() - start
+        metrics["perf/learner_busy_frac"] = timer.metrics.get("timing/learn", 0.0) / metrics["perf/step_wall_seconds"]
         metrics["policy/version"] = float(self.policy_version)
         return metrics
 
@@ -171,12 +175,9 @@ class Controller:
         self.generator.load_weights(weights)
         return weights.version
 
-    def _check_versions(self, groups: list[list[Completion]]) -> None:
-        versions = {c.policy_version for group in groups for c in group}
-        if versions != {self.policy_version}:
-            raise RuntimeError(f"Controller: completions came from policy versions {sorted(versions)} but the "
-                               f"learner is at {self.policy_version}; a weight sync was lost (restart the run with "
-                               "--resume) or an engine serves stale weights")
+    def close(self) -> None:
+        """Stops generating: in-flight samples are dropped (and recorded so in the ledger)."""
+        self.scheduler.close()
 
 
 def is_flat_group(advantages: Sequence[float | None]) -> bool:

@@ -1,0 +1,151 @@
+"""The rollout modes on fakes: U-RB's ordering rule, APRIL's bias, sync's turn-taking, the staleness bound,
+partial responses across weight versions, and the ledger of a multi-step run."""
+
+import pytest
+
+from rl_platform.controller import Controller, ControllerConfig, SamplingConfig
+from rl_platform.ledger import Ledger
+from rl_platform.replay_buffer import AprilRolloutConfig, SyncRolloutConfig, URBRolloutConfig
+from rl_platform.rollout_scheduler import RolloutScheduler
+from rl_platform.types import PolicyWeights
+from tests.fakes import FakeGenerator, FakeScorer, FakeTrainer, prompts
+
+SAMPLING = SamplingConfig(num_samples_per_prompt=2, seed=3)
+
+
+def _scheduler(mode, length_of, num_prompts=2, max_staleness=4, ledger=None):
+    gen = FakeGenerator(length_of=length_of)
+    scheduler = RolloutScheduler(gen, FakeScorer(), prompts, mode, SAMPLING, num_prompts_per_step=num_prompts,
+                                 max_staleness=max_staleness, ledger=ledger or Ledger())
+    return scheduler, gen
+
+
+def _step_of(prompt_id: str) -> int:
+    return int(prompt_id.split("/")[1].split(".")[0])
+
+
+def test_urb_never_trains_a_fast_late_group_before_its_turn():
+    # step 0's groups need 6 tokens, step 1's only 1: step 1's groups finish first and must wait in the buffer
+    scheduler, gen = _scheduler(URBRolloutConfig(buffer_groups=2), lambda key: 6 if _step_of(key.prompt_id) == 0 else 1)
+    batch = scheduler.next_batch(0, version=0)
+    assert [g.prompt.prompt_id for g in batch.groups] == ["train/0.0", "train/0.1"]
+    waiting = [g for g in scheduler.buffer if g.done]
+    assert sorted(g.prompt.prompt_id for g in waiting) == ["train/1.0", "train/1.1"]  # done early, held back
+    assert all(g.step == 1 for g in waiting)
+    polls = gen.polls
+    batch = scheduler.next_batch(1, version=0)
+    assert [g.prompt.prompt_id for g in batch.groups] == ["train/1.0", "train/1.1"]
+    assert gen.polls == polls  # already done: released without waiting for the engines
+
+
+def test_urb_a_slow_early_group_holds_its_step_back():
+    slow = "train/0.1"
+    scheduler, gen = _scheduler(URBRolloutConfig(buffer_groups=3), lambda key: 9 if key.prompt_id == slow else 1)
+    batch = scheduler.next_batch(0, version=0)
+    assert gen.polls >= 9  # the step waited for its slowest response
+    assert [g.prompt.prompt_id for g in batch.groups] == ["train/0.0", slow]
+    # meanwhile every later group in the pool finished and waits for its own step
+    assert {g.step for g in scheduler.buffer if g.done} == {1, 2}
+    assert [g.prompt.prompt_id for g in scheduler.next_batch(1, version=0).groups] == ["train/1.0", "train/1.1"]
+
+
+def test_urb_assigns_groups_to_steps_in_dataset_order_and_keeps_the_pool_full():
+    scheduler, gen = _scheduler(URBRolloutConfig(buffer_groups=2), lambda key: 1 + key.sample_index)
+    for step in range(4):
+        batch = scheduler.next_batch(step, version=0)
+        assert [g.prompt.prompt_id for g in batch.groups] == [f"train/{step}.0", f"train/{step}.1"]
+        assert len(scheduler.buffer) == 4  # refilled as soon as the step's groups left
+        scheduler.end_step(version=0)
+
+
+def test_april_trains_the_first_groups_to_finish_and_carries_the_rest_over():
+    slow = {"train/0.0", "train/1.0"}
+    scheduler, _ = _scheduler(AprilRolloutConfig(buffer_groups=2), lambda key: 8 if key.prompt_id in slow else 1)
+    first = [g.prompt.prompt_id for g in scheduler.next_batch(0, version=0).groups]
+    assert first == ["train/0.1", "train/1.1"]  # the short ones, whatever their position (the length bias)
+    assert {g.prompt.prompt_id for g in scheduler.buffer} >= slow  # still generating, carried over
+
+
+def test_sync_generates_nothing_while_the_learner_trains():
+    scheduler, gen = _scheduler(SyncRolloutConfig(), lambda key: 2)
+    scheduler.next_batch(0, version=0)
+    submitted = len(gen.submitted)
+    assert submitted == 4 and gen.in_flight() == []
+    gen.load_weights(PolicyWeights(version=1, tensors={}))
+    scheduler.end_step(version=1)  # after the weight sync: still nothing new until the next step starts
+    assert len(gen.submitted) == submitted
+    scheduler.next_batch(1, version=1)
+    assert {_step_of(key.prompt_id) for _, key, *_ in gen.submitted[submitted:]} == {1}
+
+
+def test_staleness_bound_drops_and_regenerates_old_samples():
+    ledger = Ledger()
+    # step 2's groups enter the pool at version 0; when they are trained the learner is at version 2
+    scheduler, gen = _scheduler(URBRolloutConfig(buffer_groups=3), lambda key: 1, max_staleness=1, ledger=ledger)
+    batches = []
+    for step in range(3):
+        batches.append(scheduler.next_batch(step, version=step))
+        gen.load_weights(PolicyWeights(version=step + 1, tensors={}))
+        scheduler.end_step(version=step + 1)
+    assert batches[2].metrics["rollout/staleness_max"] <= 1
+    reissued = [(key.prompt_id, attempt) for _, key, attempt, _ in gen.submitted if attempt > 0]
+    assert reissued and {p for p, _ in reissued} == {"train/2.0", "train/2.1"}
+    assert ledger.summary()["dropped_stale"] == len(reissued)
+    assert all(v >= 1 for r in batches[2].rollouts for v in r.completion.policy_versions)
+
+
+def test_a_sample_kept_waiting_past_the_bound_is_regenerated_before_its_step():
+    scheduler, gen = _scheduler(URBRolloutConfig(buffer_groups=3), lambda key: 1, max_staleness=1)
+    scheduler.next_batch(0, version=0)  # steps 1 and 2 finish at version 0 and wait in the buffer
+    gen.load_weights(PolicyWeights(version=3, tensors={}))
+    batch = scheduler.next_batch(2, version=3)  # (step 1 skipped to age them): 3 versions behind > 1
+    lags = [3 - v for r in batch.rollouts for v in r.completion.policy_versions]
+    assert max(lags) <= 1 and batch.metrics["rollout/staleness_max"] <= 1
+    assert sum(attempt == 1 for _, _, attempt, _ in gen.submitted) == 4
+
+
+def test_a_weight_update_mid_response_gives_per_token_versions():
+    # step 0's samples need 2 tokens, step 1's 4: step 1 is half done when the learner publishes version 1
+    scheduler, gen = _scheduler(URBRolloutConfig(buffer_groups=2), lambda key: 2 + 2 * _step_of(key.prompt_id))
+    scheduler.next_batch(0, version=0)
+    gen.load_weights(PolicyWeights(version=1, tensors={}))
+    batch = scheduler.next_batch(1, version=1)
+    versions = [r.completion.policy_versions for r in batch.rollouts]
+    assert all(v == [0, 0, 1, 1] for v in versions), versions
+    assert batch.metrics["rollout/partial_frac"] == 1.0
+    assert batch.metrics["rollout/staleness_mean"] == 0.5 and batch.metrics["rollout/staleness_max"] == 1
+
+
+def test_dataset_order_modes_show_no_length_bias_and_april_does():
+    def length(key):  # group 0 of every step is long: the tail
+        return 7 if key.prompt_id.endswith(".0") else 1
+
+    ks = {}
+    for name, mode in (("urb", URBRolloutConfig(buffer_groups=2)), ("april", AprilRolloutConfig(buffer_groups=2))):
+        scheduler, _ = _scheduler(mode, length)
+        ks[name] = [scheduler.next_batch(step, version=0).metrics.get("rollout/length_ks_vs_sync")
+                    for step in range(3)]
+    assert ks["urb"] == [0.0, 0.0, 0.0]
+    # APRIL's step 0 trained the two short groups (lengths 1) where sync trains train/0.0 (7) and train/0.1 (1);
+    # known once train/0.0 finishes, one step later
+    assert ks["april"][0] is None and ks["april"][1] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("mode", [SyncRolloutConfig(), URBRolloutConfig(buffer_groups=2),
+                                  AprilRolloutConfig(buffer_groups=2)])
+def test_every_sample_is_generated_scored_and_consumed_once_over_a_run(tmp_path, mode):
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    gen, scorer, trainer = FakeGenerator(length_of=lambda key: 1 + (hash(str(key)) % 5)), FakeScorer(), FakeTrainer()
+    controller = Controller(gen, scorer, trainer, prompts, ControllerConfig(num_prompts_per_step=3, rollout=mode),
+                            SamplingConfig(num_samples_per_prompt=4, seed=0), ledger=ledger)
+    for step in range(4):
+        controller.run_step(step)
+    controller.close()
+    ledger.close()
+    replayed = Ledger.replay(tmp_path / "ledger.jsonl")
+    replayed.check_closed()
+    summary = replayed.summary()
+    assert summary["consumed_keys"] == 4 * 3 * 4 and summary["consumed"] == 4 * 3 * 4
+    trained = [r.completion.key for rollouts, _ in trainer.seen for r in rollouts]
+    assert len(trained) == len(set(trained))  # nothing trained twice
+    assert len(scorer.scored) == len(set(scorer.scored)) == summary["scored"]
