@@ -1,7 +1,7 @@
 """Which scored groups each step trains on: the rollout modes `sync | april | urb` and the buffer that holds
 groups between generation and training (docs/async_rl.md, "Rollout modes").
 
-Vocabulary (ERNIE 5.0's U-RB, arXiv:2511.15924; Omega = prompts per step, N = buffer_groups):
+Vocabulary (ERNIE 5.0's U-RB, arXiv:2602.04705; Omega = prompts per step, N = buffer_groups):
 - the *pool* holds every admitted group that has not been trained yet: generating, being scored, or finished
   and waiting in the buffer; it admits groups in dataset order up to its capacity;
 - a group's samples are generated, scored and stored in its GroupRecord; a group is *done* when all of its
