@@ -7,6 +7,7 @@ learner -> object store -> rollout actors as an ObjectRef, never through the dri
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -134,6 +135,7 @@ class RemoteRewardPool:
 
     def score(self, prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[RewardResult]:
         shards = _shards(len(completions), len(self.handles))
+        completions = [dataclasses.replace(c, routed_experts=None) for c in completions]  # scorers never read routes
         refs = [h.score.remote(list(prompts[s]), list(completions[s]))
                 for h, s in zip(self.handles, shards, strict=False)]
         return [o for part in ray.get(refs) for o in part]
@@ -149,9 +151,9 @@ class RemoteTrainer:
         return ray.get(self.handle.train_step.remote(list(rollouts), list(advantages)))
 
     def publish_weights(self) -> PolicyWeightsHandle:
-        ref = self.handle.publish_weights.remote()
-        version = ray.get(self.handle.current_version.remote())
-        return PolicyWeightsHandle(version=version, ref=ref)
+        # one call: the version comes back to the driver, the weights stay in the object store
+        version_ref, weights_ref = self.handle.publish.options(num_returns=2).remote()
+        return PolicyWeightsHandle(version=ray.get(version_ref), ref=weights_ref)
 
     def save_checkpoint(self, path: str, client_state: dict) -> None:
         ray.get(self.handle.save_checkpoint.remote(path, client_state))
@@ -189,3 +191,7 @@ def start_roles(*, model_path: str, rollout: RolloutEngineConfig, learner: Learn
 class _VersionedLearner(LearnerWorker):
     def current_version(self) -> int:
         return self.learner.version
+
+    def publish(self) -> tuple[int, PolicyWeights]:
+        weights = self.learner.publish_weights()
+        return weights.version, weights

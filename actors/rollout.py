@@ -190,7 +190,7 @@ class RolloutWorker:
 
     def load_weights(self, weights: PolicyWeights) -> float:
         """Serves `weights.version` from the next engine step on; in-flight requests continue under it."""
-        return self._on_engine_thread(lambda: self.engine.update_weights(weights.tensors.items(),
+        return self._on_engine_thread(lambda: self.engine.update_weights(weights.named_tensors(),
                                                                           weights.version))
 
     def generate(self, prompts: Sequence[Prompt], sampling: Any) -> list[list[Completion]]:

@@ -263,8 +263,7 @@ class Learner:
         if self.step != self._published_step:
             self.version += 1
             self._published_step = self.step
-        tensors = {name: t.clone() for name, t in self.policy.checkpoint_tensors()}
-        return PolicyWeights(version=self.version, tensors=tensors)
+        return PolicyWeights.pack(self.version, self.policy.checkpoint_tensors())  # copies: safe to train on
 
     def save_checkpoint(self, path: str, client_state: dict) -> None:
         state = {**client_state, "learner_step": self.step, "version": self.version,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -210,8 +211,51 @@ class Rollout:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PolicyWeights:
-    """A published policy: checkpoint-format tensors (the names vLLM loads) and their version."""
+    """A published policy: its checkpoint-format tensors (the names vLLM loads) packed back to back into one flat
+    buffer per dtype, and their version. One numpy buffer is one zero-copy object in Ray's object store; a dict
+    of 430 torch tensors pickles each storage separately (measured on the tiny model, put + get: 0.45 s vs
+    0.03 s, docs/async_rl.md, "Faster step").
+
+    Example:
+        weights = PolicyWeights.pack(3, model_named_tensors)
+        for name, tensor in weights.named_tensors(): ...    # views into the buffers, no copy
+    """
 
     version: int
-    tensors: dict[str, Any]
-    """name -> torch.Tensor (CPU), names as in the exported model.safetensors."""
+    buffers: dict[str, np.ndarray]
+    """torch dtype name ("float32", "bfloat16", ...) -> [N] flat buffer; bfloat16 travels as its uint16 bits."""
+    layout: list[tuple[str, str, tuple[int, ...], int]]
+    """(name, dtype name, shape, offset into that dtype's buffer), in publishing order."""
+
+    @staticmethod
+    def pack(version: int, named_tensors: Iterable[tuple[str, Any]]) -> PolicyWeights:
+        import torch
+
+        items = [(name, t.detach()) for name, t in named_tensors]
+        sizes: dict[str, int] = {}
+        layout = []
+        for name, t in items:
+            dtype = str(t.dtype).removeprefix("torch.")
+            layout.append((name, dtype, tuple(t.shape), sizes.get(dtype, 0)))
+            sizes[dtype] = sizes.get(dtype, 0) + t.numel()
+        flat = {dtype: torch.empty(n, dtype=getattr(torch, dtype)) for dtype, n in sizes.items()}
+        for (_, dtype, _, offset), (_, t) in zip(layout, items, strict=True):
+            flat[dtype][offset:offset + t.numel()].copy_(t.reshape(-1))
+        buffers = {d: (b.view(torch.uint16) if d == "bfloat16" else b).numpy() for d, b in flat.items()}
+        return PolicyWeights(version=version, buffers=buffers, layout=layout)
+
+    def named_tensors(self) -> Iterator[tuple[str, Any]]:
+        """(name, tensor) views into the buffers (read-only memory when it came from the object store)."""
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():  # read-only object-store memory: we never write to these views
+            warnings.simplefilter("ignore", UserWarning)
+            flat = {d: torch.from_numpy(b) for d, b in self.buffers.items()}
+        flat = {d: (b.view(torch.bfloat16) if d == "bfloat16" else b) for d, b in flat.items()}
+        for name, dtype, shape, offset in self.layout:
+            numel = 1
+            for n in shape:
+                numel *= n
+            yield name, flat[dtype][offset:offset + numel].view(shape)

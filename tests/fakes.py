@@ -99,7 +99,7 @@ class FakeTrainer:
 
     def publish_weights(self) -> PolicyWeights:
         self.version += 1
-        return PolicyWeights(version=self.version, tensors={})
+        return PolicyWeights.pack(self.version, [])
 
 
 def prompts(step: int, n: int) -> list[Prompt]:

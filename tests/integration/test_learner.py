@@ -41,7 +41,7 @@ def _rollouts(model_dir, perturb_routes: bool):
         prompt = Prompt(prompt_id=f"p{i % 2}", text="", token_ids=prompt_ids)
         completion = Completion(prompt_id=prompt.prompt_id, sample_index=i // 2, token_ids=response, text="",
                                 generator_logprobs=lp, routed_experts=routes, finish_reason="length",
-                                policy_version=0)
+                                policy_versions=[0] * len(response))
         reward = float(i % 3 == 0)
         rollouts.append(Rollout(prompt=prompt, completion=completion,
                                 reward=RewardResult(value=reward, failed=False)))
@@ -115,4 +115,5 @@ def test_versions_count_distinct_weights(model_dir):
     first = learner.publish_weights()
     again = learner.publish_weights()  # e.g. a resumed run loading its engines
     assert first.version == again.version == 1
-    assert all(torch.equal(first.tensors[n], again.tensors[n]) for n in first.tensors)
+    assert all(torch.equal(a, b) and n == m
+               for (n, a), (m, b) in zip(first.named_tensors(), again.named_tensors(), strict=True))

@@ -71,7 +71,7 @@ def test_sync_generates_nothing_while_the_learner_trains():
     scheduler.next_batch(0, version=0)
     submitted = len(gen.submitted)
     assert submitted == 4 and gen.in_flight() == []
-    gen.load_weights(PolicyWeights(version=1, tensors={}))
+    gen.load_weights(PolicyWeights.pack(1, []))
     scheduler.end_step(version=1)  # after the weight sync: still nothing new until the next step starts
     assert len(gen.submitted) == submitted
     scheduler.next_batch(1, version=1)
@@ -85,7 +85,7 @@ def test_staleness_bound_drops_and_regenerates_old_samples():
     batches = []
     for step in range(3):
         batches.append(scheduler.next_batch(step, version=step))
-        gen.load_weights(PolicyWeights(version=step + 1, tensors={}))
+        gen.load_weights(PolicyWeights.pack(step + 1, []))
         scheduler.end_step(version=step + 1)
     assert batches[2].metrics["rollout/staleness_max"] <= 1
     reissued = [(key.prompt_id, attempt) for _, key, attempt, _ in gen.submitted if attempt > 0]
@@ -97,7 +97,7 @@ def test_staleness_bound_drops_and_regenerates_old_samples():
 def test_a_sample_kept_waiting_past_the_bound_is_regenerated_before_its_step():
     scheduler, gen = _scheduler(URBRolloutConfig(buffer_groups=3), lambda key: 1, max_staleness=1)
     scheduler.next_batch(0, version=0)  # steps 1 and 2 finish at version 0 and wait in the buffer
-    gen.load_weights(PolicyWeights(version=3, tensors={}))
+    gen.load_weights(PolicyWeights.pack(3, []))
     batch = scheduler.next_batch(2, version=3)  # (step 1 skipped to age them): 3 versions behind > 1
     lags = [3 - v for r in batch.rollouts for v in r.completion.policy_versions]
     assert max(lags) <= 1 and batch.metrics["rollout/staleness_max"] <= 1
@@ -108,7 +108,7 @@ def test_a_weight_update_mid_response_gives_per_token_versions():
     # step 0's samples need 2 tokens, step 1's 4: step 1 is half done when the learner publishes version 1
     scheduler, gen = _scheduler(URBRolloutConfig(buffer_groups=2), lambda key: 2 + 2 * _step_of(key.prompt_id))
     scheduler.next_batch(0, version=0)
-    gen.load_weights(PolicyWeights(version=1, tensors={}))
+    gen.load_weights(PolicyWeights.pack(1, []))
     batch = scheduler.next_batch(1, version=1)
     versions = [r.completion.policy_versions for r in batch.rollouts]
     assert all(v == [0, 0, 1, 1] for v in versions), versions
@@ -149,3 +149,18 @@ def test_every_sample_is_generated_scored_and_consumed_once_over_a_run(tmp_path,
     trained = [r.completion.key for rollouts, _ in trainer.seen for r in rollouts]
     assert len(trained) == len(set(trained))  # nothing trained twice
     assert len(scorer.scored) == len(set(scorer.scored)) == summary["scored"]
+
+
+def test_policy_weights_pack_round_trips_every_dtype_without_copies():
+    import torch
+
+    tensors = [("a.weight", torch.randn(3, 4)), ("b.bias", torch.randn(5)),
+               ("c.weight", torch.randn(2, 2).to(torch.bfloat16)), ("d.weight", torch.randn(1, 2, 3))]
+    weights = PolicyWeights.pack(7, tensors)
+    assert weights.version == 7 and sorted(weights.buffers) == ["bfloat16", "float32"]
+    out = list(weights.named_tensors())
+    assert [n for n, _ in out] == [n for n, _ in tensors]
+    for (_, expected), (_, got) in zip(tensors, out, strict=True):
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+    views = dict(out)  # views share the flat buffer: unpacking copies nothing
+    assert views["b.bias"].untyped_storage().data_ptr() == views["a.weight"].untyped_storage().data_ptr()
