@@ -1,13 +1,24 @@
 """Provides the RL job's base model: a given HF directory, or the pretraining recipe's output, trained once
-and cached under `models/<recipe>-<config hash>/` so that a second `make run` reuses it."""
+and cached under `models/<recipe>-<key>/` so that a second `make run` reuses it.
+
+The key hashes everything that decides the trained weights (docs/architecture.md, 'The base-model cache'):
+the resolved pretraining config minus the fields that only change how a run is watched (`RESULT_NEUTRAL_KEYS`),
+`BASE_MODEL_CODE_VERSION`, and the torch and DeepSpeed versions. Pretraining always runs its whole step
+budget; if it hits its safety cap (`loop.max_minutes`) it fails and leaves a resumable checkpoint in the cache
+folder instead of caching a model trained for fewer steps than its config says. An unfinished cache folder
+(no `models/family.json`) is resumed from its checkpoint by the next run.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
+from jobs.cli import flatten
 from jobs.recipes import recipes_for
 from jobs.rl_config import BaseModelConfig
 from pretrain.stage import run_pretraining
@@ -16,30 +27,73 @@ from rl_platform.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
 
+BASE_MODEL_CODE_VERSION = 2
+"""Bump when a code change makes the same pretraining config train different weights (corpora, tokenizer,
+model, loop, export), so cached base models of the old code are not reused. 2: the step budget is no longer
+cut short by a wall-clock cap."""
 
-def ensure_base_model(config: BaseModelConfig) -> Path:
-    if config.path:
-        path = Path(config.path)
-        if not (path / "config.json").exists():
-            raise ConfigError(f"base_model.path={config.path!r} has no config.json; give an exported HF "
-                              "directory or leave it empty to pretrain one")
-        return path
+RESULT_NEUTRAL_KEYS = frozenset({"loop.max_minutes", "loop.log_every", "loop.checkpoint_every", "run.run_dir",
+                                 "run.use_wandb", "run.wandb_project"})
+"""Pretraining fields that change how a run is watched or stored, never the weights it produces."""
+
+
+def cache_key(pretrain_config: Any) -> dict[str, Any]:
+    """What the base-model cache is keyed on (written to the cache folder as cache_key.json)."""
+    config = {k: v for k, v in flatten(config_to_dict(pretrain_config)).items() if k not in RESULT_NEUTRAL_KEYS}
+    return {"config": config, "code_version": BASE_MODEL_CODE_VERSION,
+            "torch": importlib.metadata.version("torch"), "deepspeed": importlib.metadata.version("deepspeed")}
+
+
+def cache_dir_for(config: BaseModelConfig) -> tuple[Path, Any]:
+    """(the cache folder of `config.pretrain_recipe`, its pretraining config); ConfigError if the recipe is unknown."""
     recipes = recipes_for("pretrain")
     if config.pretrain_recipe not in recipes:
         raise ConfigError(f"base_model.pretrain_recipe={config.pretrain_recipe!r} is unknown; "
                           f"choose one of {sorted(recipes)}")
     pretrain_config = recipes[config.pretrain_recipe]()
-    digest = hashlib.sha1(json.dumps(config_to_dict(pretrain_config), sort_keys=True).encode()).hexdigest()[:10]
-    root = Path(config.cache_dir) / f"{config.pretrain_recipe}-{digest}"
+    digest = hashlib.sha1(json.dumps(cache_key(pretrain_config), sort_keys=True).encode()).hexdigest()[:10]
+    return Path(config.cache_dir) / f"{config.pretrain_recipe}-{digest}", pretrain_config
+
+
+def describe_base_model(config: BaseModelConfig) -> str:
+    """One line saying where the base model comes from; raises ConfigError for a bad path or recipe."""
+    if config.path:
+        if not (Path(config.path) / "config.json").exists():
+            raise ConfigError(f"base_model.path={config.path!r} has no config.json; give an exported HF "
+                              "directory (e.g. <run>/models/policy) or leave it empty to pretrain one")
+        return f"{config.path} (given)"
+    root, pretrain_config = cache_dir_for(config)
+    if (root / "models" / "family.json").exists():
+        return f"{root / 'models' / 'full'} (cached)"
+    loop = pretrain_config.loop
+    cap = f", safety cap {loop.max_minutes:g} min" if loop.max_minutes else ""
+    state = "resumes its unfinished pretraining" if _has_checkpoint(root) else "pretrains it first"
+    return (f"{root / 'models' / 'full'} is not cached: {state} (recipe {config.pretrain_recipe}, "
+            f"{loop.num_steps} steps{cap})")
+
+
+def ensure_base_model(config: BaseModelConfig) -> Path:
+    if config.path:
+        describe_base_model(config)
+        return Path(config.path)
+    root, pretrain_config = cache_dir_for(config)
     model_dir = root / "models" / "full"
     if (root / "models" / "family.json").exists():
         logger.info("reusing the pretrained base model in %s", model_dir)
         return model_dir
-    logger.info("no cached base model: pretraining %s into %s", config.pretrain_recipe, root)
+    resume = _has_checkpoint(root)
+    logger.info("no cached base model: %s %s into %s", "resuming" if resume else "pretraining",
+                config.pretrain_recipe, root)
     pretrain_config.run.run_dir = str(root)
     run_dir = RunDir.create(pretrain_config.run, config.pretrain_recipe, pretrain_config)
+    (root / "cache_key.json").write_text(json.dumps(cache_key(pretrain_config), indent=2, sort_keys=True) + "\n")
     try:
-        run_pretraining(pretrain_config, run_dir.path, run_dir.log_metrics)
+        run_pretraining(pretrain_config, run_dir.path, run_dir.log_metrics, resume=resume,
+                        resume_hint=f"--recipe {config.pretrain_recipe} --run-dir {root}")
     finally:
         run_dir.close()
     return model_dir
+
+
+def _has_checkpoint(root: Path) -> bool:
+    return (root / "checkpoints" / "pretrain" / "latest").exists()

@@ -1,4 +1,4 @@
-"""`python -m jobs.rl --recipe <name> [--set ...] [--address ADDR] [--resume]`: RL on Ray.
+"""`python -m jobs.rl --recipe <name> [--set ...] [--address ADDR] [--run-dir DIR [--resume]] [--dry-run]`: RL on Ray.
 
 Embedded default: no address -> a local Ray instance (dashboard on 127.0.0.1) is started and stopped here.
 With `--address` (or RAY_ADDRESS, as set by `ray job submit`) it joins that cluster; the same command is
@@ -12,9 +12,10 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
-from jobs.base_model import ensure_base_model
+from jobs.base_model import describe_base_model, ensure_base_model
 from jobs.cli import run_entry
 from jobs.rl_config import RLJobConfig
 from jobs.rl_report import write_rl_report
@@ -22,6 +23,7 @@ from rl_platform.controller import Controller, SamplingConfig
 from rl_platform.evaluation import evaluate_pass_rate
 from rl_platform.ledger import Ledger
 from rl_platform.model.tokenizer import load_tokenizer
+from rl_platform.progress import Progress, format_duration
 from rl_platform.run_dir import RunDir, setup_logging
 from rl_platform.tasks.prompts import ArithmeticPrompts
 
@@ -43,14 +45,16 @@ def _start_ray(address: str | None, num_cpus: int) -> bool:
     return True
 
 
+def _local_cpus() -> int:
+    return max(2, os.cpu_count() or 2)
+
+
 def run(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> int:
     setup_logging("driver")
-    if args.resume and not config.run.run_dir:
-        print("error: jobs.rl: --resume needs --run-dir <the run to continue>", file=sys.stderr)
-        return 2
+    describe_base_model(config.base_model)  # an unknown recipe or a bad path fails here, before anything starts
     base_path = ensure_base_model(config.base_model)
     run_dir = RunDir.create(config.run, recipe, config)
-    started = _start_ray(args.address, num_cpus=max(2, os.cpu_count() or 2))
+    started = _start_ray(args.address, num_cpus=_local_cpus())
     try:
         return _train(config, run_dir, base_path, resume=args.resume)
     finally:
@@ -64,19 +68,23 @@ def run(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> int:
 def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) -> int:
     from actors.remote import start_roles
 
+    logger.info("starting the actors (rollout engine, reward pool, learner)")
     # the loss must score tokens under the distribution the engine sampled them from
-    learner = dataclasses.replace(config.learner, temperature=config.sampling.temperature)
+    learner = dataclasses.replace(config.learner, temperature=config.sampling.temperature,
+                                  schedule_steps=config.loop.num_steps * config.learner.num_minibatches,
+                                  loss=config.loop.rollout.with_default_correction(config.learner.loss))
+    if learner.dump.enabled and not learner.dump.dir:
+        learner.dump = dataclasses.replace(learner.dump, dir=str(run_dir.path / "batches"))
     generator, scorer, trainer = start_roles(model_path=str(base_path), rollout=config.rollout,
                                              learner=learner, reward_config=config.reward,
                                              resources=config.resources, seed=config.run.seed,
                                              overlap=config.loop.rollout.overlap)
     tokenizer = load_tokenizer(base_path)
     prompts = ArithmeticPrompts(config.prompts, tokenizer, config.run.seed)
-    held_out = prompts.held_out(config.eval.num_prompts)
     sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + 1_000_003 * config.run.seed)
     ledger = Ledger(run_dir.path / "ledger.jsonl")
     controller = Controller(generator, scorer, trainer, prompts.train_batch, config.loop, sampling,
-                            record_rollouts=run_dir.log_rollouts, ledger=ledger)
+                            record_rollouts=run_dir.log_rollouts, hint_prompt=prompts.with_hint, ledger=ledger)
     ckpt = run_dir.checkpoints / "rl"
     start = 0
     if resume and (ckpt / "latest").exists():
@@ -88,38 +96,30 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
             controller.scheduler.resume_at(start)
         controller.policy_version = controller.sync_weights()
         logger.info("resumed at step %d (policy version %d)", start, controller.policy_version)
-    greedy = SamplingConfig(num_samples_per_prompt=1, max_tokens=config.eval.max_tokens, temperature=0.0)
-    sampled = SamplingConfig(num_samples_per_prompt=max(1, config.eval.num_samples), max_tokens=config.eval.max_tokens,
-                             temperature=config.eval.temperature, seed=7_919)
-
-    def evaluate(step: int) -> dict[str, float]:
-        metrics = evaluate_pass_rate(generator, scorer, held_out, greedy, config.loop.pass_threshold)
-        if config.eval.num_samples > 0:
-            metrics.update(evaluate_pass_rate(generator, scorer, held_out, sampled, config.loop.pass_threshold,
-                                              prefix="eval/sampled_"))
-        run_dir.log_metrics(step, metrics)
-        logger.info("step %d held-out pass rate: greedy %.3f, sampled %.3f", step, metrics["eval/pass_rate"],
-                    metrics.get("eval/sampled_pass_rate", float("nan")))
-        return metrics
+    elif resume:
+        logger.info("no checkpoint in %s yet: starting at step 0", ckpt)
+    evaluate = _evaluator(config, generator, scorer, prompts.held_out(config.eval.num_prompts), run_dir)
 
     first = evaluate(start) if start == 0 else None
-    for step in range(start, config.loop.num_steps):
-        metrics = controller.run_step(step)
-        run_dir.log_metrics(step + 1, metrics)
-        logger.info("step %d reward %.3f pass %.3f kl_ti %.2e mismatch %.3f (%.1f s)", step + 1,
-                    metrics["reward/mean"], metrics["reward/pass_rate"], metrics.get("train/kl_train_infer", 0.0),
-                    metrics.get("moe/route_mismatch", 0.0), metrics["perf/step_seconds"])
-        last = step + 1 == config.loop.num_steps
-        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and not last:
-            # in-flight samples are regenerated after a resume; the cursor says which groups were trained
-            trainer.save_checkpoint(str(ckpt), {"step": step + 1, "scheduler": controller.scheduler.state_dict()})
-        if config.eval.every_steps and (step + 1) % config.eval.every_steps == 0 and not last:
-            evaluate(step + 1)
+    num_steps = config.loop.num_steps
+    with Progress(total=num_steps, initial=start, desc="rl", unit="step", show_lines=False) as progress:
+        for step in range(start, num_steps):
+            began = time.perf_counter()
+            metrics = controller.run_step(step)
+            run_dir.log_metrics(step + 1, metrics)
+            last = step + 1 == num_steps
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and not last:
+                # in-flight samples are regenerated after a resume; the cursor says which groups were trained
+                trainer.save_checkpoint(str(ckpt), {"step": step + 1, "scheduler": controller.scheduler.state_dict()})
+            if config.eval.every_steps and (step + 1) % config.eval.every_steps == 0 and not last:
+                evaluate(step + 1)
+            progress.update(reward=f"{metrics['reward/mean']:.3f}")
+            progress.write(step_summary(step + 1, num_steps, metrics, time.perf_counter() - began, progress.eta_s))
     controller.close()  # stop generating for steps that will not run
     logger.info("ledger: %s", ledger.summary())
     ledger.close()
-    final = evaluate(config.loop.num_steps)
-    trainer.save_checkpoint(str(ckpt), {"step": config.loop.num_steps})
+    final = evaluate(num_steps)
+    trainer.save_checkpoint(str(ckpt), {"step": num_steps})
     policy_dir = trainer.export(str(run_dir.path / "models" / "policy"))
     report = write_rl_report(run_dir.path, first, final, policy_dir)
     for key, label in (("eval/pass_rate", "greedy"), ("eval/sampled_pass_rate", "sampled")):
@@ -127,17 +127,83 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
             print(f"held-out pass rate ({label}): before {first[key] if first else float('nan'):.3f} "
                   f"-> after {final[key]:.3f}")
     print(f"policy: {policy_dir}")
-    print(f"report: {report}")
+    print(f"report: {report.with_name('report.html')} (also {report.name})")
     return 0
+
+
+def step_summary(step: int, num_steps: int, metrics: dict[str, float], seconds: float, eta_s: float) -> str:
+    """The one line per RL step: step, reward, pass rate, KL, mismatch, s/step, ETA of the run."""
+    return (f"step {step}/{num_steps} reward {metrics['reward/mean']:.3f} pass {metrics['reward/pass_rate']:.3f} "
+            f"kl_ti {metrics.get('train/kl_train_infer', 0.0):.1e} "
+            f"mismatch {metrics.get('moe/route_mismatch', 0.0):.3f} {seconds:.1f} s/step "
+            f"ETA {format_duration(eta_s)}")
+
+
+def _evaluator(config: RLJobConfig, generator, scorer, held_out, run_dir: RunDir):
+    """evaluate(step) -> held-out metrics, logged; greedy pass@1 and (num_samples > 0) sampled pass@1, each in
+    chunks that fill the engines' batch once, with a progress display per pass."""
+    greedy = SamplingConfig(num_samples_per_prompt=1, max_tokens=config.eval.max_tokens, temperature=0.0)
+    sampled = SamplingConfig(num_samples_per_prompt=max(1, config.eval.num_samples),
+                             max_tokens=config.eval.max_tokens, temperature=config.eval.temperature, seed=7_919)
+    passes = [(greedy, "eval/", "greedy")]
+    if config.eval.num_samples > 0:
+        passes.append((sampled, "eval/sampled_", "sampled"))
+
+    def evaluate(step: int) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for sampling, prefix, label in passes:
+            samples = sampling.num_samples_per_prompt
+            chunk = max(1, config.rollout.num_workers * config.rollout.max_num_seqs // samples)
+            with Progress(total=len(held_out) * samples, desc=f"eval {label} (step {step})", unit="sample") as bar:
+                metrics.update(evaluate_pass_rate(generator, scorer, held_out, sampling, config.loop.pass_threshold,
+                                                  prefix=prefix, chunk_size=chunk,
+                                                  on_chunk=lambda n, k=samples, b=bar: b.update(n * k)))
+        run_dir.log_metrics(step, metrics)
+        logger.info("step %d held-out pass rate: greedy %.3f, sampled %.3f", step, metrics["eval/pass_rate"],
+                    metrics.get("eval/sampled_pass_rate", float("nan")))
+        return metrics
+
+    return evaluate
+
+
+def plan(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> list[str]:
+    """What a run of this config would start (printed by --dry-run)."""
+    res, roll, learner = config.resources, config.rollout, config.learner
+    target = args.address or os.environ.get("RAY_ADDRESS")
+    cpus = roll.num_workers * res.rollout_cpus + res.num_reward_workers * res.reward_cpus + res.learner_cpus
+    reward = getattr(type(config.reward), "registered_name", type(config.reward).__name__)
+    loss = getattr(type(learner.loss), "registered_name", type(learner.loss).__name__)
+    kl = f", k3 KL {learner.loss.kl_coef} to a frozen reference copy" if learner.loss.kl_coef > 0 else ""
+    evals = sorted({0, config.loop.num_steps} | set(range(config.eval.every_steps, config.loop.num_steps,
+                                                           config.eval.every_steps or config.loop.num_steps)))
+    sampled = (f" + {config.eval.num_samples} samples per prompt at T={config.eval.temperature}"
+               if config.eval.num_samples else "")
+    s = config.sampling
+    ray = f"join {target}" if target else f"local instance, {_local_cpus()} logical CPUs, started and stopped here"
+    return [
+        f"base model: {describe_base_model(config.base_model)}",
+        f"ray: {ray}",
+        f"actors: {roll.num_workers} rollout engine(s): vLLM in-process, {roll.dtype}, routed-expert capture, "
+        f"{res.rollout_cpus} CPU, max_num_seqs {roll.max_num_seqs}, KV cache {roll.kv_cache_gib} GiB",
+        f"        {res.num_reward_workers} reward worker(s): {reward}, {res.reward_cpus} CPU each",
+        f"        1 learner: DeepSpeed ZeRO-{learner.zero_stage}, {'bf16' if learner.bf16 else 'float32'}, "
+        f"routing replay {learner.routing_replay}, loss {loss}{kl}, {res.learner_cpus} CPU",
+        f"resources: {cpus:g} logical CPUs requested, 0 GPUs",
+        f"per step: {config.loop.num_prompts_per_step} prompts x {s.num_samples_per_prompt} samples = "
+        f"{config.loop.num_prompts_per_step * s.num_samples_per_prompt} rollouts of <= {s.max_tokens} tokens at "
+        f"T={s.temperature}; {learner.num_minibatches} optimizer step(s), micro-batch {learner.micro_batch_size}",
+        f"steps: {config.loop.num_steps}; checkpoint every {config.checkpoint_every or 'end only'}",
+        f"evaluation: {config.eval.num_prompts} held-out prompts, greedy{sampled}, at steps "
+        f"{', '.join(map(str, evals))}",
+    ]
 
 
 def _extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry("rl", __doc__.splitlines()[0], run, argv, extra_args=_extra)
+    return run_entry("rl", __doc__.splitlines()[0], run, argv, extra_args=_extra, plan=plan)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,11 @@ class RLEvalConfig:
     temperature: float = 1.0
     """Temperature of the sampled pass rate (the rollout's, so it measures the policy being trained)."""
 
+    def __post_init__(self) -> None:
+        check(self.num_prompts >= 1, "RLEvalConfig.num_prompts", self.num_prompts, "must be >= 1", "use 128-1024")
+        check(self.every_steps >= 0 and self.num_samples >= 0, "RLEvalConfig.every_steps/num_samples",
+              (self.every_steps, self.num_samples), "must be >= 0", "use 0 to turn either off")
+
 
 @dataclass(kw_only=True, slots=True)
 class RLJobConfig:
@@ -64,6 +69,25 @@ class RLJobConfig:
     def __post_init__(self) -> None:
         check(self.checkpoint_every >= 0, "RLJobConfig.checkpoint_every", self.checkpoint_every, "must be >= 0",
               "use 0 to checkpoint only at the end")
-        check(self.rollout.max_model_len >= 64 + self.sampling.max_tokens, "rollout.max_model_len",
-              self.rollout.max_model_len, f"must leave room for sampling.max_tokens={self.sampling.max_tokens}",
-              "raise rollout.max_model_len")
+
+    def validate(self) -> None:
+        """Rules across sections, checked once after every override (so their order never matters) by the CLI
+        and `--dry-run`, before the base model, Ray or any engine starts."""
+        s = self.sampling
+        check(s.temperature > 0, "sampling.temperature", s.temperature,
+              "must be > 0 for RL training (at 0 every sample of a group is the same, so no group carries a "
+              "learning signal, and the loss scores tokens at this temperature)",
+              "use 1.0; greedy held-out pass@1 is measured by every run anyway")
+        check(s.num_samples_per_prompt >= 2, "sampling.num_samples_per_prompt", s.num_samples_per_prompt,
+              "must be >= 2 for training (group-relative advantages need a group)", "use 4-16")
+        longest = max(s.max_tokens, self.eval.max_tokens)
+        check(self.rollout.max_model_len >= 64 + longest, "rollout.max_model_len", self.rollout.max_model_len,
+              f"must leave room for a prompt and max(sampling.max_tokens, eval.max_tokens)={longest}",
+              f"raise rollout.max_model_len to at least {64 + longest}")
+        check(self.eval.num_samples == 0 or self.eval.temperature > 0, "eval.temperature", self.eval.temperature,
+              f"must be > 0 when eval.num_samples={self.eval.num_samples} (sampled pass@1)",
+              "use 1.0, or eval.num_samples=0 for greedy evaluation only")
+        rows = self.loop.num_prompts_per_step * s.num_samples_per_prompt
+        check(self.learner.num_minibatches <= rows, "learner.num_minibatches", self.learner.num_minibatches,
+              f"must be <= the rollouts per step ({rows} = loop.num_prompts_per_step x "
+              "sampling.num_samples_per_prompt)", "use 1 (on-policy) or a few")

@@ -3,7 +3,8 @@
 Trains a sequence-classification reward model with TRL's RewardTrainer on preference pairs built from the
 arithmetic task (a correct worked answer vs a corrupted one), saves it as a HF directory in the run folder
 (use it with `--set reward=reward_model --set reward.path=<run>/reward_model`) and reports held-out pairwise
-accuracy.
+accuracy. It keeps no intermediate checkpoint (a run takes minutes): `--resume` on a finished run reports it,
+on an unfinished one trains again in the same folder.
 """
 
 from __future__ import annotations
@@ -29,11 +30,15 @@ class RewardModelJobConfig:
 
 def run(recipe: str, config: RewardModelJobConfig, args: argparse.Namespace) -> int:
     setup_logging("reward-model")
+    train = config.train
+    if train.output_dir == TrainRewardModelConfig().output_dir:  # default: keep the model in the run folder
+        train = dataclasses.replace(train, output_dir=Path(config.run.run_dir) / "reward_model")
+    done = Path(train.output_dir) / "train_metrics.json"
+    if args.resume and done.exists():
+        print(f"already complete: {done}")
+        return 0
     run_dir = RunDir.create(config.run, recipe, config)
     try:
-        train = config.train
-        if train.output_dir == TrainRewardModelConfig().output_dir:  # default: keep the model in the run folder
-            train = dataclasses.replace(train, output_dir=run_dir.path / "reward_model")
         metrics = train_reward_model(train)
         run_dir.log_metrics(1, metrics)
     finally:
@@ -43,8 +48,21 @@ def run(recipe: str, config: RewardModelJobConfig, args: argparse.Namespace) -> 
     return 0
 
 
+def plan(recipe: str, config: RewardModelJobConfig, args: argparse.Namespace) -> list[str]:
+    """What a run of this config would do (printed by --dry-run)."""
+    t = config.train
+    lora = "LoRA adapters" if t.lora is not None else "full fine-tuning"
+    return [
+        f"process: this one (no Ray), TRL RewardTrainer on CPU, {lora}",
+        f"model: random-init {t.num_layers}-layer classifier, hidden {t.hidden_size}, vocab {t.vocab_size}",
+        f"data: {t.num_train_pairs} training pairs, {t.num_eval_pairs} held-out pairs, corruptions "
+        f"{', '.join(t.corruptions)}",
+        f"budget: {t.max_steps} steps x batch {t.batch_size}",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_entry("train_reward_model", __doc__.splitlines()[0], run, argv)
+    return run_entry("train_reward_model", __doc__.splitlines()[0], run, argv, plan=plan)
 
 
 if __name__ == "__main__":

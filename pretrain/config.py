@@ -37,7 +37,9 @@ class PretrainLoopConfig:
     checkpoint_every: int = 200
     """Steps between resumable checkpoints (0: only at the end)."""
     max_minutes: float = 0.0
-    """Stop early (and checkpoint) after this many minutes of training; 0 = no limit."""
+    """Safety cap in minutes of training: a run that needs longer checkpoints and fails (SafetyCapExceeded)
+    instead of exporting a model trained for fewer steps than num_steps; 0 = no cap. It never changes the
+    trained model, so it is not part of the base-model cache key."""
 
     def __post_init__(self) -> None:
         check(self.num_steps >= 1, "PretrainLoopConfig.num_steps", self.num_steps, "must be >= 1", "use e.g. 600")
@@ -72,7 +74,13 @@ class PretrainJobConfig:
     eval: PretrainEvalConfig = field(default_factory=PretrainEvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        """Rules across sections, checked once after every override (so their order never matters) by the CLI,
+        `--dry-run` and `run_pretraining`."""
         check(self.model.max_position_embeddings >= self.data.seq_len, "model.max_position_embeddings",
               self.model.max_position_embeddings, f"must be >= data.seq_len={self.data.seq_len}",
               "raise model.max_position_embeddings")
+        check(self.model.vocab_size >= self.data.tokenizer_vocab_size, "model.vocab_size", self.model.vocab_size,
+              f"must be >= data.tokenizer_vocab_size={self.data.tokenizer_vocab_size} (the model embeds every "
+              "token the tokenizer can produce)", f"set model.vocab_size={self.data.tokenizer_vocab_size} or lower "
+              "data.tokenizer_vocab_size")

@@ -1,4 +1,5 @@
-"""The pretraining report: loss curve, sub-model validation table and routing-diagnostics heatmaps."""
+"""The pretraining report: loss curve, sub-model validation table and routing-diagnostics heatmaps, as
+`report/pretrain.md` + PNGs and as one self-contained `report/report.html`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pretrain.evaluate import RoutingDiagnostics  # noqa: E402
+from rl_platform.report_html import write_report_html  # noqa: E402
+
+
+def write_pretrain_html(report_dir: Path, run_name: str, resolved_config: dict) -> Path:
+    """report.html from pretrain.md, with every figure it links inlined and the resolved config."""
+    return write_report_html(report_dir / "pretrain.md", report_dir / "report.html",
+                             title=f"Pretraining report: {run_name}", config=resolved_config)
 
 
 def plot_loss(history: list[dict[str, float]], path: Path) -> None:

@@ -16,8 +16,9 @@ from pretrain.config import PretrainJobConfig
 from pretrain.data.pipeline import Packer, build_tokenizer
 from pretrain.elastic import named_family
 from pretrain.evaluate import routing_diagnostics, validation_loss
-from pretrain.report import diagnostics_markdown, family_markdown, plot_diagnostics, plot_loss
+from pretrain.report import diagnostics_markdown, family_markdown, plot_diagnostics, plot_loss, write_pretrain_html
 from pretrain.trainer import PretrainTrainer
+from rl_platform.config import config_to_dict
 from rl_platform.model.hf_interop import export_hf
 from rl_platform.model.tokenizer import load_tokenizer
 
@@ -32,7 +33,10 @@ class PretrainResult:
     train_minutes: float
 
 
-def run_pretraining(config: PretrainJobConfig, run_dir: Path, log_metrics) -> PretrainResult:
+def run_pretraining(config: PretrainJobConfig, run_dir: Path, log_metrics, resume: bool = False,
+                    resume_hint: str = "") -> PretrainResult:
+    """Trains (continuing from run_dir's checkpoint when `resume`), evaluates, exports and reports."""
+    config.validate()
     tokenizer_dir = run_dir / "tokenizer"
     if (tokenizer_dir / "tokenizer.json").exists():
         tokenizer = load_tokenizer(tokenizer_dir)  # resuming: the ids must not change
@@ -44,7 +48,7 @@ def run_pretraining(config: PretrainJobConfig, run_dir: Path, log_metrics) -> Pr
                          f"({len(tokenizer)} tokens); set --set model.vocab_size={len(tokenizer)}")
     trainer = PretrainTrainer(config, tokenizer, run_dir, log_metrics)
     start = time.perf_counter()
-    history = trainer.train()
+    history = trainer.train(resume=resume, resume_hint=resume_hint)
     train_minutes = (time.perf_counter() - start) / 60
     model = trainer.engine.module
 
@@ -83,6 +87,9 @@ def run_pretraining(config: PretrainJobConfig, run_dir: Path, log_metrics) -> Pr
         "![entropy](routing_entropy.png)", "",
     ]
     (report / "pretrain.md").write_text("\n".join(summary))
+    saved = run_dir / "config.json"  # the resolved config with its recipe name, as the run directory recorded it
+    write_pretrain_html(report, run_dir.name, json.loads(saved.read_text()) if saved.exists()
+                        else {"config": config_to_dict(config)})
     (report / "pretrain_metrics.json").write_text(json.dumps(
         {"family_val_loss": losses, "routing_entropy": diag.entropy_L.tolist(), "domains": diag.domains,
          "iou": diag.iou_LDD.tolist(), "train_minutes": train_minutes, "steps": trainer.step}, indent=2))

@@ -21,17 +21,23 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from pretrain.config import PretrainJobConfig
 from pretrain.data.pipeline import IGNORE_INDEX, PackedBatch, Packer
 from pretrain.elastic import sample_submodel
 from pretrain.simreg import simreg_loss
+from rl_platform.config import ConfigError
 from rl_platform.model import MoETransformer, SubModel
 from rl_platform.optim.adagc import deepspeed_gradient_access
 from rl_platform.optim.optimizer import build_deepspeed_engine, lr_at, set_lr
+from rl_platform.progress import Progress, format_duration
 
 logger = logging.getLogger(__name__)
+
+
+class SafetyCapExceeded(ConfigError):
+    """Pretraining needed longer than `loop.max_minutes`: it stops with a checkpoint instead of exporting a model
+    trained for fewer steps than its config says (the step budget, not the clock, defines the model)."""
 
 
 @dataclass
@@ -153,28 +159,39 @@ class PretrainTrainer:
             "moe/expert_load_min": float(share_LE.min(-1).values.mean() * cfg.model.num_experts),
         }
 
-    def train(self) -> list[dict[str, float]]:
+    def train(self, resume: bool = False, resume_hint: str = "") -> list[dict[str, float]]:
+        """Runs the whole step budget (continuing from the checkpoint when `resume`); raises SafetyCapExceeded,
+        after checkpointing, if that takes longer than loop.max_minutes."""
         loop = self.config.loop
-        self.try_resume()
+        if resume:
+            self.try_resume()
         history = []
         start = time.perf_counter()
         tokens = 0
-        bar = tqdm(total=loop.num_steps, initial=self.step, desc="pretrain", unit="step", mininterval=2.0)
-        while self.step < loop.num_steps:
-            metrics = self.train_step()
-            tokens += metrics["train/tokens"]
-            elapsed = time.perf_counter() - start
-            metrics["perf/tokens_per_s"] = tokens / max(elapsed, 1e-9)
-            history.append(metrics)
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['perf/tokens_per_s']:.0f}")
-            if self.step % loop.log_every == 0 or self.step == loop.num_steps:
-                self.log_metrics(self.step, metrics)
-            if loop.checkpoint_every and self.step % loop.checkpoint_every == 0:
-                self.save_checkpoint()
-            if loop.max_minutes and elapsed > 60 * loop.max_minutes:
-                logger.warning("stopping at step %d: max_minutes=%s reached", self.step, loop.max_minutes)
-                break
-        bar.close()
+        with Progress(total=loop.num_steps, initial=self.step, desc="pretrain", unit="step") as progress:
+            while self.step < loop.num_steps:
+                metrics = self.train_step()
+                tokens += metrics["train/tokens"]
+                elapsed = time.perf_counter() - start
+                metrics["perf/tokens_per_s"] = tokens / max(elapsed, 1e-9)
+                history.append(metrics)
+                progress.update(loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['perf/tokens_per_s']:.0f}")
+                if self.step % loop.log_every == 0 or self.step == loop.num_steps:
+                    self.log_metrics(self.step, metrics)
+                if loop.checkpoint_every and self.step % loop.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if loop.max_minutes and self.step < loop.num_steps and elapsed > 60 * loop.max_minutes:
+                    self.save_checkpoint()
+                    raise SafetyCapExceeded(self._cap_message(progress, resume_hint))
         self.save_checkpoint()
         return history
+
+    def _cap_message(self, progress: Progress, resume_hint: str) -> str:
+        loop = self.config.loop
+        need = format_duration(progress.seconds_per_unit * (loop.num_steps - progress.initial))
+        hint = resume_hint or f"--run-dir {self.run_dir}"
+        return (f"loop.max_minutes={loop.max_minutes:g} (the pretraining safety cap) was reached at step {self.step} "
+                f"of {loop.num_steps}: {progress.seconds_per_unit:.2f} s/step here, ~{need} for the whole budget. "
+                f"Nothing was exported (a model trained for fewer steps than its config says would be "
+                f"misleading); the checkpoint at step {self.step} is in {self.checkpoint_dir}. Free the machine, "
+                f"or finish the run with: python -m jobs.pretrain {hint} --resume --set loop.max_minutes=0")

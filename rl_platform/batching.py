@@ -36,6 +36,8 @@ class TrainingBatch:
     gave no routes."""
     num_tokens: int
     """Scored response tokens."""
+    prompt_lengths_B: Tensor | None = None
+    """int64 prompt length P of every row (where its response starts); None for hand-built batches."""
 
     def rows(self, index: Tensor | slice) -> TrainingBatch:
         def take(t: Tensor | None) -> Tensor | None:
@@ -44,7 +46,7 @@ class TrainingBatch:
         mask = self.mask_BS[index]
         return TrainingBatch(self.input_ids_BS[index], self.attention_mask_BS[index], mask,
                              self.generator_logprobs_BS[index], self.advantages_B[index],
-                             take(self.rollout_routes_BSLK), int(mask.sum()))
+                             take(self.rollout_routes_BSLK), int(mask.sum()), take(self.prompt_lengths_B))
 
 
 def build_training_batch(rollouts: Sequence[Rollout], advantages: Sequence[float | None], pad_id: int,
@@ -78,4 +80,5 @@ def build_training_batch(rollouts: Sequence[Rollout], advantages: Sequence[float
                     "or the engine's dense-layer rows were not dropped (LayerMap.engine_to_moe)")
             routes[i, : p + r - 1] = torch.from_numpy(rows.astype(np.int16))
     adv = torch.tensor([0.0 if a is None else a for a in advantages], dtype=torch.float32)
-    return TrainingBatch(input_ids, attention, mask, gen_lp, adv, routes, int(mask.sum()))
+    prompt_lengths = torch.tensor([len(r.prompt.token_ids) for r in rollouts], dtype=torch.long)
+    return TrainingBatch(input_ids, attention, mask, gen_lp, adv, routes, int(mask.sum()), prompt_lengths)

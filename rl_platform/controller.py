@@ -1,17 +1,23 @@
 """The RL controller: one RL step at a time, against the role protocols only.
 
-    scheduler.next_batch(t) --> group advantages --> PolicyTrainer.train_step
+    scheduler.next_batch(t) --> [AHRL hints, DAPO refill] --> advantages [WPSM] --> PolicyTrainer.train_step
         --> PolicyTrainer.publish_weights --> Generator.load_weights --> scheduler.end_step
 
 Consumes / waits for / unblocked by, per step:
 - next_batch: consumes step t's scored groups, which the rollout mode picks (rl_platform/replay_buffer.py:
   sync | april | urb); waits until they are generated and scored (rl_platform/rollout_scheduler.py); in the
-  async modes the engines have been generating them while the learner trained the previous steps;
+  async modes the engines have been generating them while the learner trained the previous steps; a failed
+  sample comes back marked (value None), never as 0;
 - train:      consumes the rollouts with their advantages; failed samples are masked out of the loss, groups
   without signal are left out; every sample's fate goes to the ledger (rl_platform/ledger.py);
 - sync:       publishes version v+1 and blocks until every engine serves it (in-flight requests continue under
   it, each token recording the version that sampled it).
-Metrics are returned per step (`area/name` keys) and written by the caller's sink. docs/async_rl.md.
+Metrics are returned per step (`area/name` keys) and written by the caller's sink; `reward/*` describe the
+step's own prompts as first sampled, before AHRL hints or DAPO refills changed the batch. docs/async_rl.md.
+Algorithm stages (each a module, off by default; docs/rl_algorithms.md): AHRL hints all-failed groups
+(rl_platform/ahrl.py), DAPO refills the batch with signal-carrying groups (rl_platform/dynamic_sampling.py),
+both by extra blocking sampling rounds on the current weights; the advantage estimator is a registered variant
+(rl_platform/advantages.py), WPSM down-weights well-learned positive samples (rl_platform/wpsm.py).
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from rl_platform.advantages import group_advantages
+from rl_platform.advantages import AdvantageConfig, GRPOAdvantage
+from rl_platform.ahrl import AHRL, AHRLConfig, HintFn
 from rl_platform.config import check
+from rl_platform.dynamic_sampling import DynamicSampler, DynamicSamplingConfig
 from rl_platform.ledger import Ledger
 from rl_platform.protocols import Generator, PolicyTrainer, RewardScorer
 from rl_platform.replay_buffer import RolloutModeConfig, SyncRolloutConfig
 from rl_platform.rollout_scheduler import RolloutScheduler
-from rl_platform.types import Prompt, Rollout
+from rl_platform.types import Completion, Prompt, Rollout
+from rl_platform.wpsm import WPSM, WPSMConfig
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +75,14 @@ class ControllerConfig:
     num_steps: int = 40
     """RL steps (each: one rollout batch, one or more optimizer steps, one weight sync)."""
     num_prompts_per_step: int = 16
-    normalize_advantage_std: bool = True
-    """GRPO's std normalisation; False gives Dr. GRPO's mean-only baseline."""
+    advantage: AdvantageConfig = field(default_factory=GRPOAdvantage)
+    """Group-relative advantage estimator: grpo (std-normalised) | dr_grpo (mean only) | rloo."""
+    wpsm: WPSMConfig = field(default_factory=WPSMConfig)
+    """Well-learned positive sample mask (ERNIE 5.0), off by default."""
+    ahrl: AHRLConfig = field(default_factory=AHRLConfig)
+    """Hinted re-sampling of all-failed groups (ERNIE 5.0), off by default."""
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    """DAPO's refill of the batch with signal-carrying groups, off by default."""
     pass_threshold: float = 1.0
     """A sample 'passes' when its reward is >= this (pass-rate metric)."""
     skip_zero_signal_groups: bool = True
@@ -107,7 +122,8 @@ class Timer:
         try:
             yield
         finally:
-            self.metrics[f"timing/{name}"] = time.perf_counter() - start
+            key = f"timing/{name}"  # phases that run several times in a step (re-sampling) add up
+            self.metrics[key] = self.metrics.get(key, 0.0) + time.perf_counter() - start
 
 
 class Controller:
@@ -124,9 +140,11 @@ class Controller:
                  prompt_batch: Callable[[int, int], list[Prompt]], config: ControllerConfig,
                  sampling: SamplingConfig, policy_version: int = 0,
                  record_rollouts: Callable[[int, list[Rollout]], None] | None = None,
-                 ledger: Ledger | None = None) -> None:
+                 hint_prompt: HintFn | None = None, ledger: Ledger | None = None) -> None:
         self.generator = generator
+        self.scorer = scorer
         self.trainer = trainer
+        self.prompt_batch = prompt_batch
         config.check_sampling(sampling)
         self.config = config
         self.sampling = sampling
@@ -135,31 +153,65 @@ class Controller:
         """Called with every step's scored rollouts (sample-level provenance: which reward, which version)."""
         self.scheduler = RolloutScheduler(generator, scorer, prompt_batch, config.rollout, sampling,
                                           config.num_prompts_per_step, config.max_staleness, ledger or Ledger())
+        self.ahrl = AHRL(config.ahrl, hint_prompt, config.pass_threshold)
+        self.refill = DynamicSampler(config.dynamic_sampling)
+        self.wpsm = WPSM(config.wpsm, config.pass_threshold)
 
     def run_step(self, step: int) -> dict[str, float]:
         timer, start = Timer(), time.perf_counter()
+        G, n = self.sampling.num_samples_per_prompt, self.config.num_prompts_per_step
         with timer.phase("generate"):  # waits for the step's groups; async modes generated them meanwhile
             batch = self.scheduler.next_batch(step, self.policy_version)
         if self.record_rollouts is not None:
             self.record_rollouts(step, batch.rollouts)
-        advantages = [a for g in batch.groups
-                      for a in group_advantages([r.value for r in g.rewards],
-                                                normalize_std=self.config.normalize_advantage_std)]
+        first = [batch.rollouts[i:i + G] for i in range(0, len(batch.rollouts), G)]
+        groups, stage_metrics = self.ahrl.apply(step, first, lambda hinted: self._sample(step, hinted, timer))
+        drawn = [n]
+        groups, refill_metrics = self.refill.fill(groups, n, lambda k: self._refill(step, drawn, k, timer))
+        rollouts = [r for group in groups for r in group]
+        advantages = self.config.advantage.batch([r.reward.value for r in rollouts], G)
+        advantages, wpsm_metrics = self.wpsm.reweight(rollouts, advantages, G)
+        stage_metrics.update(refill_metrics | wpsm_metrics)
         train_rows = self._rows_to_train(advantages)
-        self.scheduler.consume(batch, train_rows)
+        self.scheduler.consume(batch, {rollouts[i].completion.key for i in train_rows})
         learner_metrics = {"train/rows": float(len(train_rows)), "train/skipped": float(not train_rows)}
         if train_rows:
             with timer.phase("learn"):
-                learner_metrics.update(self.trainer.train_step([batch.rollouts[i] for i in train_rows],
+                learner_metrics.update(self.trainer.train_step([rollouts[i] for i in train_rows],
                                                                [advantages[i] for i in train_rows]))
             with timer.phase("sync"):
                 self.policy_version = self.sync_weights()
-        metrics = {**rollout_metrics(batch.rollouts, advantages, self.config, self.sampling), **batch.metrics,
-                   **learner_metrics, **timer.metrics, **self.scheduler.end_step(self.policy_version)}
+        first_advantages = self.config.advantage.batch([r.reward.value for r in batch.rollouts], G)
+        metrics = {**rollout_metrics(batch.rollouts, first_advantages, self.config, self.sampling), **batch.metrics,
+                   **stage_metrics, **learner_metrics, **timer.metrics, **self.scheduler.end_step(self.policy_version)}
         metrics["perf/step_seconds"] = time.perf_counter() - start
         metrics["perf/learner_busy_frac"] = timer.metrics.get("timing/learn", 0.0) / metrics["perf/step_wall_seconds"]
         metrics["policy/version"] = float(self.policy_version)
         return metrics
+
+    def _sample(self, step: int, prompts: list[Prompt], timer: Timer) -> list[list[Rollout]]:
+        """An extra sampling round (AHRL hints, DAPO refill): generates and scores `prompts` on the current weights,
+        one group of rollouts per prompt (recorded for provenance)."""
+        with timer.phase("generate"):
+            groups = self.generator.generate(prompts, self.sampling)
+        self._check_versions(groups)
+        flat_prompts = [p for p, group in zip(prompts, groups, strict=True) for _ in group]
+        flat = [c for group in groups for c in group]
+        with timer.phase("score"):
+            outcomes = self.scorer.score(flat_prompts, flat)
+        rollouts = [Rollout(prompt=p, completion=c, reward=o) for p, c, o in zip(flat_prompts, flat, outcomes,
+                                                                                   strict=True)]
+        if self.record_rollouts is not None:
+            self.record_rollouts(step, rollouts)
+        G = self.sampling.num_samples_per_prompt
+        return [rollouts[i:i + G] for i in range(0, len(rollouts), G)]
+
+    def _refill(self, step: int, drawn: list[int], count: int, timer: Timer) -> list[list[Rollout]]:
+        """`count` more prompts continuing the step's prompt stream (DAPO re-sampling), hinted like the rest."""
+        prompts = self.prompt_batch(step, drawn[0] + count)[drawn[0]:]
+        drawn[0] += count
+        groups = self._sample(step, prompts, timer)
+        return self.ahrl.apply(step, groups, lambda hinted: self._sample(step, hinted, timer))[0]
 
     def _rows_to_train(self, advantages: list[float | None]) -> list[int]:
         G = self.sampling.num_samples_per_prompt
@@ -178,6 +230,13 @@ class Controller:
     def close(self) -> None:
         """Stops generating: in-flight samples are dropped (and recorded so in the ledger)."""
         self.scheduler.close()
+
+    def _check_versions(self, groups: list[list[Completion]]) -> None:
+        versions = {v for group in groups for c in group for v in c.policy_versions}
+        if versions - {self.policy_version}:
+            raise RuntimeError(f"Controller: completions came from policy versions {sorted(versions)} but the "
+                               f"learner is at {self.policy_version}; a weight sync was lost (restart the run with "
+                               "--resume) or an engine serves stale weights")
 
 
 def is_flat_group(advantages: Sequence[float | None]) -> bool:

@@ -4,7 +4,7 @@ sampling is SamplingConfig(num_samples_per_prompt=1, temperature=0))."""
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rl_platform.controller import SamplingConfig
 from rl_platform.protocols import Generator, RewardScorer
@@ -12,10 +12,21 @@ from rl_platform.types import Prompt
 
 
 def evaluate_pass_rate(generator: Generator, scorer: RewardScorer, prompts: Sequence[Prompt],
-                       sampling: SamplingConfig, pass_threshold: float, prefix: str = "eval/") -> dict[str, float]:
+                       sampling: SamplingConfig, pass_threshold: float, prefix: str = "eval/", chunk_size: int = 0,
+                       on_chunk: Callable[[int], None] | None = None) -> dict[str, float]:
     """Pass rate over every sample: greedy pass@1 with one greedy sample per prompt, or pass@1 estimated from k
-    samples per prompt at the policy's temperature (mean@k, as DAPO and verl report it)."""
-    groups = generator.generate(prompts, sampling)
+    samples per prompt at the policy's temperature (mean@k, as DAPO and verl report it).
+
+    `chunk_size` > 0 generates that many prompts per call and reports each finished chunk's prompt count to
+    `on_chunk` (progress display). Sampling is seeded per request, so the chunking does not change the samples.
+    """
+    groups = []
+    step = chunk_size if chunk_size > 0 else max(1, len(prompts))
+    for start in range(0, len(prompts), step):
+        part = prompts[start:start + step]
+        groups += generator.generate(part, sampling)
+        if on_chunk is not None:
+            on_chunk(len(part))
     flat_prompts = [p for p, g in zip(prompts, groups, strict=True) for _ in g]
     flat = [c for g in groups for c in g]
     outcomes = scorer.score(flat_prompts, flat)

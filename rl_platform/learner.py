@@ -3,10 +3,12 @@
 One RL step over a batch of rollouts:
     1. old forward (no grad), routes:  off -> live;  R2 -> live, recorded;  R3 -> forced to the rollout's
        -> old logprobs, train-infer mismatch metrics, per-layer route mismatch (live learner vs rollout);
-    2. reference forward (no grad) when the loss has a KL term;
+    2. reference forward (no grad) when the loss has a KL term, with the same routes the policy's forward
+       uses (R3: the rollout's, R2: the recorded old ones), so identical weights give a KL of exactly 0;
     3. for each mini-batch (one optimizer step each), micro-batches with gradient accumulation:
-       forward with replay (R3: rollout routes; R2: the recorded old routes; off: live), policy loss,
-       backward; at the boundary: gradient clipping (AdaGC or global), optimizer step.
+       forward with replay (R3: rollout routes; R2: the recorded old routes; off: live), policy loss
+       (with the engine's log-probs for the train-inference correction), backward; at the boundary: the
+       scheduled learning rate, gradient clipping (AdaGC or global), optimizer step.
 With one mini-batch and replay off or R3, step 1 is folded into step 3: the update's forward runs on the
 old weights with the same routes, so its detached log-probs ARE the old log-probs (ratio exactly 1) and
 the live routes it computes alongside the forced ones give the mismatch metrics. That saves one forward
@@ -28,13 +30,14 @@ import torch
 
 from kernels.fused_logprobs import fused_logprobs
 from rl_platform.batching import TrainingBatch, build_training_batch
-from rl_platform.config import check
+from rl_platform.config import ConfigError, check
 from rl_platform.losses import GRPOLossConfig, LossConfig, PolicyLossInputs
 from rl_platform.model import MoETransformer
 from rl_platform.model.adapter import ModelAdapter, load_adapter
-from rl_platform.optim.adagc import GlobalNormClipConfig, deepspeed_gradient_access
-from rl_platform.optim.optimizer import OptimConfig, build_deepspeed_engine
+from rl_platform.optim.adagc import AdaGCConfig, GlobalNormClipConfig, deepspeed_gradient_access
+from rl_platform.optim.optimizer import OptimConfig, build_deepspeed_engine, lr_at, set_lr
 from rl_platform.rl_metrics import route_mismatch_metrics, train_infer_metrics
+from rl_platform.step_dump import StepDumpConfig, StepDumper
 from rl_platform.types import PolicyWeights, Rollout
 
 logger = logging.getLogger(__name__)
@@ -47,10 +50,13 @@ class LearnerConfig:
     routing_replay: Literal["off", "R2", "R3"] = "R3"
     """off: live routing; R2: replay the learner's own old-policy routes; R3: replay the rollout engine's."""
     loss: LossConfig = field(default_factory=GRPOLossConfig)
-    """Policy objective: grpo | gspo."""
+    """Policy objective: grpo | dr_grpo | gspo | gspo_icepop | misc, each piece swappable
+    (learner.loss.ratio / clip / correction / aggregation; docs/rl_algorithms.md, 'RL objectives')."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=2e-4, warmup_steps=0, schedule="constant", weight_decay=0.0, clipping=GlobalNormClipConfig(max_norm=1.0)))
-    """Optimizer, schedule and clipping (AdaGC available: --set learner.optim.clipping=adagc)."""
+    """Optimizer, schedule and clipping. The RL default clips the global norm at 1.0; with
+    --set learner.optim.clipping=adagc set learner.optim.clipping.warmup_steps to ~10 % of the run's optimizer
+    steps (AdaGC's 100-step pretraining warm-up is global-norm clipping; a run no longer than it is rejected)."""
     num_minibatches: int = 1
     """Optimizer steps per RL step (the rollout batch is split; >1 makes later mini-batches off-policy)."""
     micro_batch_size: int = 16
@@ -63,6 +69,11 @@ class LearnerConfig:
     """The rollout's sampling temperature: the loss scores tokens under softmax(logits / temperature), the
     distribution they were drawn from (jobs.rl sets it from sampling.temperature). Train-infer metrics always
     compare temperature-1 log-probs, which is what the engine returns."""
+    schedule_steps: int = 0
+    """Optimizer steps of the whole run (jobs.rl sets it to loop.num_steps * num_minibatches): the span of
+    optim.schedule and the length AdaGC's warm-up is checked against. 0: unknown (constant schedule only)."""
+    dump: StepDumpConfig = field(default_factory=StepDumpConfig)
+    """Opt-in per-update dump of the batch, the learner's view and the weights (jobs.inspect_mismatch)."""
 
     def __post_init__(self) -> None:
         check(self.num_minibatches >= 1, "LearnerConfig.num_minibatches", self.num_minibatches, "must be >= 1",
@@ -73,6 +84,20 @@ class LearnerConfig:
               "use 2")
         check(self.temperature > 0, "LearnerConfig.temperature", self.temperature, "must be > 0",
               "use the rollout's sampling temperature")
+        check(self.schedule_steps >= 0, "LearnerConfig.schedule_steps", self.schedule_steps, "must be >= 0",
+              "use loop.num_steps * num_minibatches")
+        clip = self.optim.clipping
+        if self.schedule_steps and isinstance(clip, AdaGCConfig):
+            check(clip.warmup_steps < self.schedule_steps, "learner.optim.clipping.warmup_steps", clip.warmup_steps,
+                  f"covers all {self.schedule_steps} optimizer steps of this run, so AdaGC would be global-norm "
+                  "clipping all along", f"set it to ~10 % of the run: {max(1, self.schedule_steps // 10)}")
+
+    def check_schedule(self) -> None:
+        """A decaying schedule needs the run's length."""
+        if self.optim.schedule != "constant" and not self.schedule_steps:
+            raise ConfigError(f"LearnerConfig.optim.schedule={self.optim.schedule!r} needs the run's length, but "
+                              "LearnerConfig.schedule_steps=0; set schedule_steps (jobs.rl does: loop.num_steps * "
+                              "num_minibatches) or use schedule='constant'.")
 
 
 def response_logprobs(model: ModelAdapter, batch: TrainingBatch, forced_routes=None, capture: bool = False,
@@ -142,6 +167,7 @@ class Learner:
 
     def __init__(self, config: LearnerConfig, model_path: str, seed: int = 0) -> None:
         torch.manual_seed(seed)
+        config.check_schedule()
         self.config = config
         self.policy = load_adapter(model_path)
         model = self.policy.module.eval()
@@ -157,6 +183,7 @@ class Learner:
         self.version = 0
         self.step = 0
         self._published_step = 0
+        self.dumper = StepDumper(config.dump, model_path) if config.dump.enabled else None
 
     @property
     def model(self) -> MoETransformer:
@@ -176,6 +203,8 @@ class Learner:
                              "enable routed-expert capture in the rollout engine or use routing_replay='off'/'R2'")
         fused_old = folds_old_forward(cfg)
         observed = _Observed(batch)
+        if self.dumper is not None:
+            self.dumper.save_weights(self.step, self.policy)  # the weights the rollouts were sampled with
         old_lp, recorded_routes = None, None
         with torch.no_grad():
             if not fused_old:
@@ -186,15 +215,19 @@ class Learner:
                 observed.record(slice(None), _engine_view_logprobs(self.policy, old_out, batch, old_lp,
                                                                    cfg.temperature), old_out)
                 recorded_routes = old_out.routes_BSLK
-            ref_lp = (response_logprobs(self.reference, batch, temperature=cfg.temperature)[0]
-                      if self.reference is not None else None)
-        replay_routes = {"off": None, "R2": recorded_routes, "R3": batch.rollout_routes_BSLK}[cfg.routing_replay]
+            replay_routes = {"off": None, "R2": recorded_routes, "R3": batch.rollout_routes_BSLK}[cfg.routing_replay]
+            # the reference is scored with the experts the update uses, so that its KL term compares weights
+            # and not two routings (docs/routing_replay.md)
+            ref_lp = (response_logprobs(self.reference, batch, forced_routes=replay_routes,
+                                        temperature=cfg.temperature)[0] if self.reference is not None else None)
         order = torch.arange(batch.input_ids_BS.shape[0])
         sums: dict[str, float] = {}
         used_mismatch = []
-        for mini in torch.chunk(order, cfg.num_minibatches):
-            step_metrics, mismatch = self._optimizer_step(batch, mini, old_lp, ref_lp, replay_routes,
-                                                          observed if fused_old else None)
+        for index, mini in enumerate(torch.chunk(order, cfg.num_minibatches)):
+            set_lr(self.optimizer, lr_at(cfg.optim, self.step * cfg.num_minibatches + index,
+                                         max(1, cfg.schedule_steps)))
+            step_metrics, mismatch = self._optimizer_step(batch, mini, old_lp, ref_lp, replay_routes, observed,
+                                                          record=fused_old)
             used_mismatch.append(mismatch)
             for k, v in step_metrics.items():
                 sums[k] = sums.get(k, 0.0) + v / cfg.num_minibatches
@@ -202,16 +235,22 @@ class Learner:
         metrics.update(sums)
         if batch.rollout_routes_BSLK is not None:
             metrics["moe/route_mismatch_during_update"] = float(sum(used_mismatch) / len(used_mismatch))
+        if self.dumper is not None:
+            self.dumper.save_batch(self.step, batch, learner_lp_BS=observed.logprobs_BS,
+                                   live_routes_BSLK=observed.live_BSLK, replay_routes_BSLK=recorded_routes,
+                                   num_experts=self.policy.layer_map.num_experts, mode=cfg.routing_replay,
+                                   temperature=cfg.temperature, metrics=metrics)
         self.step += 1
         return metrics
 
-    def _optimizer_step(self, batch, rows, old_lp, ref_lp, replay_routes,
-                        observed: _Observed | None) -> tuple[dict[str, float], float]:
+    def _optimizer_step(self, batch, rows, old_lp, ref_lp, replay_routes, observed: _Observed,
+                        record: bool) -> tuple[dict[str, float], float]:
         """One optimizer step over `rows`. old_lp None: on-policy, the forward's own detached log-probs are the
-        old ones and `observed` records them."""
+        old ones and `observed` records them (record=True); else `observed` already holds them."""
         cfg = self.config
         mini = batch.rows(rows)
         num_tokens = max(1, mini.num_tokens)
+        num_seqs = int((mini.mask_BS.sum(-1) > 0).sum())
         totals = {"loss/policy": 0.0, "loss/clip_frac": 0.0, "loss/kl_to_ref": 0.0, "loss/ratio_mean": 0.0,
                   "policy/entropy": 0.0}
         mismatch_num = mismatch_den = 0.0
@@ -224,14 +263,15 @@ class Learner:
             logprobs, entropy, out = response_logprobs(self.policy, micro, forced_routes=forced,
                                                        capture=micro.rollout_routes_BSLK is not None,
                                                        temperature=cfg.temperature)
-            if observed is not None:
+            if record:
                 observed.record(idx, _engine_view_logprobs(self.policy, out, micro, logprobs,
                                                            cfg.temperature), out)
             result = cfg.loss.loss(PolicyLossInputs(
                 logprobs_BS=logprobs, old_logprobs_BS=logprobs.detach() if old_lp is None else old_lp[idx],
-                advantages_B=micro.advantages_B,
-                mask_BS=micro.mask_BS, ref_logprobs_BS=None if ref_lp is None else ref_lp[idx],
-                num_global_tokens=num_tokens))
+                advantages_B=micro.advantages_B, mask_BS=micro.mask_BS,
+                generator_logprobs_BS=micro.generator_logprobs_BS, old_logprobs_t1_BS=observed.logprobs_BS[idx],
+                ref_logprobs_BS=None if ref_lp is None else ref_lp[idx],
+                num_global_tokens=num_tokens, num_global_seqs=num_seqs))
             # The loss is already divided by the mini-batch's token count, so no GAS rescaling; the boundary
             # (gradient reduction, clipping, optimizer step) is the last micro-batch of the mini-batch.
             is_last = start + cfg.micro_batch_size >= len(rows)
@@ -246,6 +286,8 @@ class Learner:
             totals["loss/kl_to_ref"] += result.kl_to_ref * share
             totals["loss/ratio_mean"] += result.ratio_mean * share
             totals["policy/entropy"] += float((entropy.detach() * micro.mask_BS).sum()) / num_tokens
+            for key, value in result.metrics.items():
+                totals[key] = totals.get(key, 0.0) + value * share
             if micro.rollout_routes_BSLK is not None:
                 valid = micro.attention_mask_BS.bool() & (micro.rollout_routes_BSLK[..., 0, 0] >= 0)
                 m = route_mismatch_metrics(out.routes_BSLK, micro.rollout_routes_BSLK, valid, prefix="x")

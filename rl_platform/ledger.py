@@ -8,8 +8,8 @@ Every sample has a key (prompt id, sample index, epoch; rl_platform.types.Sample
 The ledger checks each event against the key's history when it is recorded and raises LedgerError on the
 first violation, so a bug that would train a sample twice, score a dropped attempt or lose an owed request
 stops the run where it happens instead of skewing it silently. `consumed` means the sample reached the
-learner's batch decision: trained, or left out with its reason (its group had no signal, its reward
-failed). A run directory keeps every event in `ledger.jsonl`; `Ledger.replay(path)` re-checks a file.
+learner's batch decision: trained, left out (its group had no signal, or a hinted regeneration replaced it),
+or its reward failed. A run directory keeps every event in `ledger.jsonl`; `Ledger.replay(path)` re-checks a file.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import IO, Literal
 
 from rl_platform.types import SampleKey
 
-Outcome = Literal["trained", "flat_group", "failed_reward"]
+Outcome = Literal["trained", "left_out", "failed_reward"]
 DropReason = Literal["stale", "engine_lost", "run_ended"]
 
 

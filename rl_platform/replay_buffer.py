@@ -20,10 +20,13 @@ Vocabulary (ERNIE 5.0's U-RB, arXiv:2602.04705; Omega = prompts per step, N = bu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from rl_platform.config import Registry, check
+from rl_platform.losses import LossConfig
+from rl_platform.losses.corrections import NoCorrection, TISCorrection
 from rl_platform.types import Completion, Prompt, RewardResult, SampleKey
 
 ROLLOUT_MODES = Registry("rollout mode")
@@ -117,6 +120,14 @@ class RolloutModeConfig:
         """The step a group is assigned to when it enters the pool (None: decided when selected)."""
         return position // num_prompts_per_step
 
+    def with_default_correction(self, loss: LossConfig) -> LossConfig:
+        """The loss this mode trains with: async modes train on tokens sampled by older weights, so a loss
+        without a train-inference correction gets TIS (docs/async_rl.md, "Off-policy correction")."""
+        correct = getattr(self, "correct_off_policy", False)
+        if correct and isinstance(getattr(loss, "correction", None), NoCorrection):
+            return dataclasses.replace(loss, correction=TISCorrection())
+        return loss
+
     def select(self, buffer: GroupBuffer, step: int, num_prompts_per_step: int) -> list[GroupRecord] | None:
         """The groups step `step` trains on, or None while they are not all done."""
         mine = [g for g in buffer if g.step == step]
@@ -148,6 +159,9 @@ class URBRolloutConfig(RolloutModeConfig):
     buffer_groups: int = 2
     """N: steps' worth of groups in the inference pool (the pool holds N * prompts-per-step groups). 2 keeps
     the engines busy with the next step's groups while the learner trains the current one."""
+    correct_off_policy: bool = True
+    """A loss whose correction is `none` trains with TIS (cap 2.0) instead; set the loss's correction to choose
+    another one (`--set learner.loss.correction=icepop`), or False to train the stale tokens uncorrected."""
 
     def __post_init__(self) -> None:
         check(self.buffer_groups >= 1, "URBRolloutConfig.buffer_groups", self.buffer_groups, "must be >= 1",
@@ -165,6 +179,8 @@ class AprilRolloutConfig(RolloutModeConfig):
 
     buffer_groups: int = 2
     """Over-provisioning: the pool holds buffer_groups * prompts-per-step groups."""
+    correct_off_policy: bool = True
+    """As for urb: a loss without a correction trains with TIS (cap 2.0)."""
 
     def __post_init__(self) -> None:
         check(self.buffer_groups >= 1, "AprilRolloutConfig.buffer_groups", self.buffer_groups, "must be >= 1",

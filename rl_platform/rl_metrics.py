@@ -4,6 +4,8 @@
   mean_t [ r_t - 1 - log r_t ],  r_t = pi_train(y_t) / pi_infer(y_t);
 - `train/logprob_abs_diff_mean|max`: |log pi_train - log pi_infer| over scored tokens;
 - `moe/extreme_token_frac_tau2`: F(tau=2), the share of tokens with max(r, 1/r) > 2;
+- `train/kl_train_infer_tokens`: how many tokens the three above average over (only the rows the step trains
+  on: a step with few informative groups has a noisy estimate, docs/routing_replay.md, 'Results');
 - `moe/route_mismatch_layer{l}`: share of (token, layer l) whose expert SET differs between two routings
   (order within top-k is irrelevant); `moe/route_mismatch` over all layers;
   `moe/route_mismatch_tokens_any_layer`: share of tokens with at least one differing layer.
@@ -28,6 +30,7 @@ def train_infer_metrics(learner_lp_BS: Tensor, generator_lp_BS: Tensor, mask_BS:
         "train/logprob_abs_diff_mean": float(log_r.abs().mean()),
         "train/logprob_abs_diff_max": float(log_r.abs().max()),
         "moe/extreme_token_frac_tau2": float((log_r.abs() > math.log(tau)).double().mean()),
+        "train/kl_train_infer_tokens": float(log_r.numel()),
     }
 
 

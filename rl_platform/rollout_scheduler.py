@@ -83,6 +83,8 @@ class RolloutScheduler:
         self.clock = clock
         self.buffer = GroupBuffer()
         self.owed: dict[SampleKey, _Owed] = {}
+        self.released: dict[SampleKey, GroupRecord] = {}
+        """Samples handed to the controller and not consumed yet."""
         self.version = 0
         """The newest version the engines serve (set by the controller after each weight sync)."""
         self.stats = RolloutStats(generator.num_engines, clock)
@@ -99,6 +101,7 @@ class RolloutScheduler:
         while (groups := self.mode.select(self.buffer, step, self.num_prompts)) is None or self._drop_stale(groups):
             self._pump(POLL_S)
         groups = self.buffer.release(groups, step)
+        self.released.update((g.key(i), g) for g in groups for i in range(g.num_samples))
         if self.mode.overlap:
             self._admit()
         rollouts = [Rollout(prompt=g.prompt, completion=c, reward=r)
@@ -107,14 +110,15 @@ class RolloutScheduler:
         metrics["rollout/pool_groups"] = float(len(self.buffer))
         return StepBatch(step=step, groups=groups, rollouts=rollouts, metrics=metrics)
 
-    def consume(self, batch: StepBatch, trained_rows: Sequence[int]) -> None:
-        """Records in the ledger what the learner did with every sample of the batch."""
-        trained = set(trained_rows)
-        for row, rollout in enumerate(batch.rollouts):
+    def consume(self, batch: StepBatch, trained: set[SampleKey]) -> None:
+        """Records in the ledger what became of every sample of the batch: trained (its key is in `trained`), or
+        left out (its group had no signal, or an AHRL hint replaced it) or its reward failed."""
+        for rollout in batch.rollouts:
             c = rollout.completion
-            group = batch.groups[row // len(batch.groups[0].completions)]
-            outcome = ("trained" if row in trained else "failed_reward" if rollout.reward.failed else "flat_group")
+            group = self.released[c.key]
+            outcome = ("trained" if c.key in trained else "failed_reward" if rollout.reward.failed else "left_out")
             self.ledger.consumed(c.key, group.attempts[c.sample_index], batch.step, outcome)
+            del self.released[c.key]
 
     def end_step(self, version: int) -> dict[str, float]:
         """After the weight sync: refill the pool (async modes), take what finished meanwhile, perf metrics."""

@@ -12,14 +12,17 @@ from rl_platform.optim.optimizer import OptimConfig
 
 @recipe("pretrain")
 def pretrain_tiny() -> PretrainJobConfig:
-    """Tiny elastic MoE (4 layers, 32 experts, top-4, 1 shared): 900 steps, ~8 min on 2 idle cores (capped at 8.5)."""
+    """Tiny elastic MoE (4 layers, 32 experts, top-4, 1 shared): 900 steps, ~8 min on 2 idle cores.
+
+    The step budget defines the model; `loop.max_minutes` is only a safety cap (30 min, ~4x the idle time):
+    a machine that slow fails loudly instead of caching a shorter-trained base."""
     return PretrainJobConfig(
         model=MoEModelConfig(vocab_size=512, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
                              head_dim=32, num_experts=32, top_k=4, num_shared_experts=1, expert_ffn_dim=64,
                              max_position_embeddings=1024),
         data=PretrainDataConfig(seq_len=256, tokenizer_vocab_size=512),
         optim=OptimConfig(lr=3e-3, warmup_steps=30, schedule="cosine", clipping=AdaGCConfig(warmup_steps=50)),
-        loop=PretrainLoopConfig(num_steps=900, micro_batch_size=8, grad_accum_steps=2, max_minutes=8.5),
+        loop=PretrainLoopConfig(num_steps=900, micro_batch_size=8, grad_accum_steps=2, max_minutes=30.0),
     )
 
 
@@ -41,7 +44,7 @@ def pretrain_needle_tiny() -> PretrainJobConfig:
     config.data = PretrainDataConfig(seq_len=1024, tokenizer_vocab_size=512, arithmetic_weight=0.0,
                                      story_weight=0.1, glyph_weight=0.0, needle_weight=0.9,
                                      needle_filler_sentences=70, needle_min_filler_sentences=4)
-    config.loop = PretrainLoopConfig(num_steps=1000, micro_batch_size=4, grad_accum_steps=1, max_minutes=20.0)
+    config.loop = PretrainLoopConfig(num_steps=1000, micro_batch_size=4, grad_accum_steps=1, max_minutes=60.0)
     return config
 
 

@@ -40,10 +40,10 @@ class ArithmeticProblem:
     answer: int
 
 
-def make_problem(rng: random.Random, max_digits: int = 3) -> ArithmeticProblem:
-    """Draws a problem with operands of 1..max_digits digits; subtraction never goes negative."""
-    digits_a = rng.randint(1, max_digits)
-    digits_b = rng.randint(1, max_digits)
+def make_problem(rng: random.Random, max_digits: int = 3, min_digits: int = 1) -> ArithmeticProblem:
+    """Draws a problem with operands of min_digits..max_digits digits; subtraction never goes negative."""
+    digits_a = rng.randint(min_digits, max_digits)
+    digits_b = rng.randint(min_digits, max_digits)
     a = rng.randint(10 ** (digits_a - 1) if digits_a > 1 else 0, 10**digits_a - 1)
     b = rng.randint(10 ** (digits_b - 1) if digits_b > 1 else 0, 10**digits_b - 1)
     op = rng.choice("+-")
@@ -81,6 +81,11 @@ def worked_solution(a: int, b: int, op: str) -> str:
     return " " + "; ".join(steps) + f"; so {answer}\n{ANSWER_MARK} {answer}"
 
 
+def worked_steps(solution: str) -> str:
+    """The working of a solution without its conclusion: ' 7+6=13 c1; ...; 3+0+1=4' (what a hint may reveal)."""
+    return solution.split("; so ", 1)[0]
+
+
 def extract_answer(text: str) -> int | None:
     """The integer after the first `####` in a response, or None when there is none."""
     match = _ANSWER_RE.search(text)
@@ -105,9 +110,9 @@ def is_validation(key: str) -> bool:
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % VALIDATION_BUCKET == 0
 
 
-def draw_problem(rng: random.Random, split: str, max_digits: int = 3) -> ArithmeticProblem:
+def draw_problem(rng: random.Random, split: str, max_digits: int = 3, min_digits: int = 1) -> ArithmeticProblem:
     """A problem of the given split ('train' or 'validation'), redrawing until the prompt hash falls in it."""
     while True:
-        problem = make_problem(rng, max_digits)
+        problem = make_problem(rng, max_digits, min_digits)
         if is_validation(problem.prompt) == (split == "validation"):
             return problem

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from rl_platform.config import check
 from rl_platform.tasks.arithmetic import draw_problem
+from rl_platform.tasks.hints import hinted_prompt
 from rl_platform.types import Prompt
 
 
@@ -16,10 +17,15 @@ class ArithmeticPromptsConfig:
 
     max_digits: int = 3
     """Largest operand size."""
+    min_digits: int = 1
+    """Smallest operand size; above the pretraining corpus's 3 digits it makes the hard split (recipes
+    `*_hard`): problems the base almost never solves, for AHRL and DAPO dynamic sampling."""
 
     def __post_init__(self) -> None:
         check(1 <= self.max_digits <= 9, "ArithmeticPromptsConfig.max_digits", self.max_digits, "must be in [1, 9]",
               "use 2-4")
+        check(1 <= self.min_digits <= self.max_digits, "ArithmeticPromptsConfig.min_digits", self.min_digits,
+              f"must be in [1, max_digits={self.max_digits}]", "use 1 (the hard split: 4 with max_digits 5)")
 
 
 class ArithmeticPrompts:
@@ -32,7 +38,7 @@ class ArithmeticPrompts:
         self.seed = seed
 
     def _prompt(self, rng: random.Random, split: str, index: str) -> Prompt:
-        problem = draw_problem(rng, split, self.config.max_digits)
+        problem = draw_problem(rng, split, self.config.max_digits, self.config.min_digits)
         ids = [self.tokenizer.bos_token_id, *self.tokenizer.encode(problem.prompt, add_special_tokens=False)]
         return Prompt(prompt_id=f"{split}/{index}", text=problem.prompt, token_ids=ids,
                       metadata={"answer": problem.answer, "solution": problem.solution})
@@ -40,6 +46,10 @@ class ArithmeticPrompts:
     def train_batch(self, step: int, num_prompts: int) -> list[Prompt]:
         rng = random.Random(f"{self.seed}:rl-train:{step}")
         return [self._prompt(rng, "train", f"{step}.{i}") for i in range(num_prompts)]
+
+    def with_hint(self, prompt: Prompt, fraction: float) -> Prompt:
+        """The prompt followed by `fraction` of its worked solution's steps (AHRL)."""
+        return hinted_prompt(prompt, fraction, self.tokenizer)
 
     def held_out(self, num_prompts: int) -> list[Prompt]:
         rng = random.Random(f"{self.seed}:rl-validation")

@@ -164,3 +164,21 @@ def test_policy_weights_pack_round_trips_every_dtype_without_copies():
         assert got.dtype == expected.dtype and torch.equal(got, expected)
     views = dict(out)  # views share the flat buffer: unpacking copies nothing
     assert views["b.bias"].untyped_storage().data_ptr() == views["a.weight"].untyped_storage().data_ptr()
+
+
+def test_async_modes_train_with_tis_unless_told_otherwise():
+    from rl_platform.config import apply_overrides
+    from rl_platform.losses import GRPOLossConfig
+    from rl_platform.losses.corrections import IcePopCorrection, NoCorrection, TISCorrection
+
+    grpo = GRPOLossConfig()
+    assert isinstance(grpo.correction, NoCorrection)
+    for mode in (URBRolloutConfig(), AprilRolloutConfig()):
+        assert isinstance(mode.with_default_correction(grpo).correction, TISCorrection)
+        assert mode.with_default_correction(grpo).correction.cap == 2.0
+    explicit = GRPOLossConfig(correction=IcePopCorrection())
+    assert URBRolloutConfig().with_default_correction(explicit) == explicit
+    assert URBRolloutConfig(correct_off_policy=False).with_default_correction(grpo) == grpo
+    assert SyncRolloutConfig().with_default_correction(grpo) == grpo
+    loop = apply_overrides(ControllerConfig(), ["rollout=urb", "rollout.buffer_groups=3", "max_staleness=3"])
+    assert loop.rollout == URBRolloutConfig(buffer_groups=3) and loop.max_staleness == 3
