@@ -89,7 +89,10 @@ class RemoteGenerator:
         self._polls: dict[Any, int] = {}
         """Outstanding poll ObjectRef -> engine index."""
         self._busy = [0.0] * len(handles)
+        self._versions = [0] * len(handles)
         self._submits: list[Any] = []
+        self._loads: dict[Any, tuple[int, int]] = {}
+        """Weight updates not awaited yet: ObjectRef -> (engine, version)."""
 
     def submit(self, engine: int, requests: Sequence[SampleRequest], sampling: Any) -> None:
         if requests:
@@ -100,8 +103,10 @@ class RemoteGenerator:
             ray.get(self.handles[engine].abort.remote(list(keys)))
 
     def poll(self, max_wait_s: float) -> GeneratorPoll:
-        done, self._submits = ray.wait(self._submits, num_returns=len(self._submits), timeout=0)
-        ray.get(done)  # raises the error of a failed submit
+        if self._submits:
+            done, self._submits = ray.wait(self._submits, num_returns=len(self._submits), timeout=0)
+            ray.get(done)  # raises the error of a failed submit
+        self._collect_loads(timeout=0)
         waiting = set(self._polls.values())
         for engine, handle in enumerate(self.handles):
             if engine not in waiting:
@@ -115,16 +120,32 @@ class RemoteGenerator:
             result: GeneratorPoll = ray.get(ref)
             completions += result.completions
             self._busy[engine] = result.busy_seconds[0]
-        return GeneratorPoll(completions=completions, busy_seconds=list(self._busy))
+            self._versions[engine] = max(self._versions[engine], result.versions[0])
+        return GeneratorPoll(completions=completions, busy_seconds=list(self._busy), versions=list(self._versions))
 
     def generate(self, prompts: Sequence[Prompt], sampling: Any) -> list[list[Completion]]:
+        self._collect_loads(timeout=None)  # the batch must run on the newest weights
         shards = _shards(len(prompts), len(self.handles))
         refs = [h.generate.remote(list(prompts[s]), sampling) for h, s in zip(self.handles, shards, strict=False)]
         return [group for part in ray.get(refs) for group in part]
 
-    def load_weights(self, weights: PolicyWeights | PolicyWeightsHandle) -> float:
+    def load_weights(self, weights: PolicyWeights | PolicyWeightsHandle, wait: bool = True) -> float:
         ref = weights.ref if isinstance(weights, PolicyWeightsHandle) else ray.put(weights)
-        return max(ray.get([h.load_weights.remote(ref) for h in self.handles]))
+        refs = [h.load_weights.remote(ref) for h in self.handles]
+        self._loads.update((r, (engine, weights.version)) for engine, r in enumerate(refs))
+        return self._collect_loads(timeout=None) if wait else 0.0
+
+    def _collect_loads(self, timeout: float | None) -> float:
+        """Takes the finished weight updates (all of them when timeout is None); returns their longest seconds."""
+        if not self._loads:
+            return 0.0
+        done, _ = ray.wait(list(self._loads), num_returns=len(self._loads), timeout=timeout)
+        seconds = 0.0
+        for ref in done:
+            engine, version = self._loads.pop(ref)
+            seconds = max(seconds, ray.get(ref))  # raises the error of a failed update
+            self._versions[engine] = max(self._versions[engine], version)
+        return seconds
 
 
 class RemoteRewardPool:

@@ -94,7 +94,7 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
             controller.scheduler.load_state_dict(state["scheduler"])
         else:
             controller.scheduler.resume_at(start)
-        controller.policy_version = controller.sync_weights()
+        controller.policy_version = controller.sync_weights(wait=True)
         logger.info("resumed at step %d (policy version %d)", start, controller.policy_version)
     elif resume:
         logger.info("no checkpoint in %s yet: starting at step 0", ckpt)

@@ -10,8 +10,8 @@ Consumes / waits for / unblocked by, per step:
   sample comes back marked (value None), never as 0;
 - train:      consumes the rollouts with their advantages; failed samples are masked out of the loss, groups
   without signal are left out; every sample's fate goes to the ledger (rl_platform/ledger.py);
-- sync:       publishes version v+1 and blocks until every engine serves it (in-flight requests continue under
-  it, each token recording the version that sampled it).
+- sync:       publishes version v+1 to the engines (in-flight requests continue under it, each token recording
+  the version that sampled it); sync mode waits until every engine serves it, the async modes do not.
 Metrics are returned per step (`area/name` keys) and written by the caller's sink; `reward/*` describe the
 step's own prompts as first sampled, before AHRL hints or DAPO refills changed the batch. docs/async_rl.md.
 Algorithm stages (each a module, off by default; docs/rl_algorithms.md): AHRL hints all-failed groups
@@ -221,10 +221,11 @@ class Controller:
                 rows.extend(range(start, min(start + G, len(advantages))))
         return rows
 
-    def sync_weights(self) -> int:
-        """Publishes the learner's weights and blocks until every engine serves them; returns the version."""
+    def sync_weights(self, wait: bool | None = None) -> int:
+        """Publishes the learner's weights to every engine; returns the version. Blocks until the engines serve
+        it in sync mode (the next step must be on-policy); the async modes carry on while they load it."""
         weights = self.trainer.publish_weights()  # PolicyWeights, or a Ray handle to them: both carry .version
-        self.generator.load_weights(weights)
+        self.generator.load_weights(weights, wait=not self.config.rollout.overlap if wait is None else wait)
         return weights.version
 
     def close(self) -> None:

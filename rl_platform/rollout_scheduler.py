@@ -86,7 +86,9 @@ class RolloutScheduler:
         self.released: dict[SampleKey, GroupRecord] = {}
         """Samples handed to the controller and not consumed yet."""
         self.version = 0
-        """The newest version the engines serve (set by the controller after each weight sync)."""
+        """The learner's version (set by the controller every step); staleness counts from it."""
+        self.engine_versions = [0] * generator.num_engines
+        """The version each engine serves, as its last poll reported (weight updates may still be landing)."""
         self.stats = RolloutStats(generator.num_engines, clock)
         self._next_position = 0
         self._readmit: list[int] = []
@@ -158,6 +160,8 @@ class RolloutScheduler:
     # ------------------------------------------------------------------ admission and submission
     def _admit(self) -> None:
         capacity = self.mode.pool_groups(self.num_prompts)
+        if len(self.buffer) < capacity:
+            self._pump(0.0)  # learn which version each engine serves before issuing to it
         G = self.sampling.num_samples_per_prompt
         while len(self.buffer) < capacity:
             if self._readmit:
@@ -176,8 +180,9 @@ class RolloutScheduler:
         for i in sample_indices:
             key = group.key(i)
             engine = self._least_loaded_engine()
-            self.owed[key] = _Owed(engine=engine, attempt=group.attempts[i], version=self.version)
-            self.ledger.issued(key, group.attempts[i], engine, self.version)
+            version = self.engine_versions[engine]
+            self.owed[key] = _Owed(engine=engine, attempt=group.attempts[i], version=version)
+            self.ledger.issued(key, group.attempts[i], engine, version)
             by_engine.setdefault(engine, []).append(SampleRequest(
                 key=key, prompt=group.prompt, seed=key.seed(self.sampling.seed), attempt=group.attempts[i]))
         for engine, requests in by_engine.items():
@@ -201,6 +206,7 @@ class RolloutScheduler:
         """Takes finished samples from the engines, regenerates stale ones, scores the rest."""
         polled = self.generator.poll(max_wait_s)
         self.stats.on_poll(polled)
+        self.engine_versions = list(polled.versions)
         kept: list[tuple[GroupRecord, Completion]] = []
         for c in polled.completions:
             group, owed = self.buffer.find(c.key), self.owed.pop(c.key, None)

@@ -129,12 +129,14 @@ class GeneratorPoll:
     """What the engines finished since the previous poll, and how busy they have been.
 
     Example:
-        GeneratorPoll(completions=[completion], busy_seconds=[12.5, 11.9])
+        GeneratorPoll(completions=[completion], busy_seconds=[12.5, 11.9], versions=[4, 4])
     """
 
     completions: list[Completion]
     busy_seconds: list[float]
     """[num_engines] cumulative seconds each engine has spent in engine steps that had work."""
+    versions: list[int]
+    """[num_engines] the policy version each engine serves (the last weight update it has applied)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -8,9 +8,10 @@ from rl_platform.types import Completion, GeneratorPoll, PolicyWeights, Prompt, 
 
 
 class FakeGenerator:
-    """A streaming engine with a simulated clock: every poll is one engine step, which adds one token to every
-    in-flight sample (in submission order); a sample finishes after `length_of(key)` tokens. Sample i says
-    '#### i'. A weight update between polls makes the following tokens carry the new version."""
+    """A streaming engine with a simulated clock: every poll that may wait (max_wait_s > 0) is one engine step,
+    which adds one token to every in-flight sample (in submission order); a sample finishes after
+    `length_of(key)` tokens; a zero-wait poll only looks. Sample i says '#### i'. A weight update between polls
+    makes the following tokens carry the new version."""
 
     def __init__(self, length_of: Callable[[SampleKey], int] = lambda key: 2, num_engines: int = 1) -> None:
         self.version = 0
@@ -32,15 +33,20 @@ class FakeGenerator:
             self.submitted.append((engine, r.key, r.attempt, r.seed))
 
     def poll(self, max_wait_s):
-        self.polls += 1
         done = []
+        if max_wait_s > 0:
+            self.polls += 1
+            self._step()
         for key, versions in list(self._in_flight.items()):
-            versions.append(self.version)
-            self.busy[self._engine_of[key]] += 1.0
             if len(versions) >= self.length_of(key):
                 done.append(self._completion(key, versions))
                 del self._in_flight[key]
-        return GeneratorPoll(completions=done, busy_seconds=list(self.busy))
+        return GeneratorPoll(completions=done, busy_seconds=list(self.busy), versions=[self.version] * self.num_engines)
+
+    def _step(self) -> None:
+        for key, versions in self._in_flight.items():
+            versions.append(self.version)
+            self.busy[self._engine_of[key]] += 1.0
 
     def abort(self, engine, keys):
         for key in keys:
@@ -53,7 +59,7 @@ class FakeGenerator:
         return [[self._completion(SampleKey(prompt_id=p.prompt_id, sample_index=i), [self.version] * 2)
                  for i in range(sampling.num_samples_per_prompt)] for p in prompts]
 
-    def load_weights(self, weights: PolicyWeights) -> float:
+    def load_weights(self, weights: PolicyWeights, wait: bool = True) -> float:
         self.version = weights.version
         self.loaded.append(weights.version)
         return 0.0

@@ -31,8 +31,9 @@ def run(smoke_base_model, tmp_path_factory):
     config.sampling = dataclasses.replace(config.sampling, max_tokens=48, ignore_eos=True)
     config.rollout.max_num_seqs = 8
     ray.init(num_cpus=2, include_dashboard=False)
+    learner = dataclasses.replace(config.learner, loss=config.loop.rollout.with_default_correction(config.learner.loss))
     generator, scorer, trainer = start_roles(model_path=str(smoke_base_model), rollout=config.rollout,
-                                             learner=config.learner, reward_config=config.reward,
+                                             learner=learner, reward_config=config.reward,
                                              resources=config.resources, seed=0, overlap=True)
     prompts = ArithmeticPrompts(config.prompts, load_tokenizer(smoke_base_model), seed=0)
     path = tmp_path_factory.mktemp("ledger") / "ledger.jsonl"
@@ -61,6 +62,7 @@ def test_tokens_record_the_version_that_sampled_them(run):
         assert m["rollout/staleness_max"] <= config.loop.max_staleness
         assert 0 < m["perf/engine_busy_frac"] <= 1.0 and m["perf/samples_per_s"] > 0
         assert m["moe/route_mismatch_during_update"] == 0.0  # R3 replays the recorded routes, any version
+        assert "correction/capped_frac" in m  # urb trains with TIS by default
     partial = [r.completion for _, rollouts, _ in batches for r in rollouts if r.completion.is_partial]
     assert partial
     for (version, rollouts, _) in batches:
