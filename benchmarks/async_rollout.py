@@ -2,6 +2,7 @@
 lengths each trains on against `sync`'s (mean, two-sample KS distance). Writes benchmarks/results/async_rollout.json.
 
     python benchmarks/async_rollout.py [--steps 8] [--warmup 2] [--prompts 16] [--samples 8] [--modes sync,april,urb]
+                                       [--model DIR]
 
 The task: arithmetic prompts from the project's generator where 90 % have 1-digit operands (worked answer ~14
 tokens) and 10 % 3-digit operands (~42 tokens): most answers short, a tail three times longer. The policy is
@@ -109,6 +110,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--modes", default="sync,april,urb")
+    parser.add_argument("--model", default="", help="HF directory of the policy (default: the cached pretrain_tiny "
+                        "base, pretrained first if missing)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "async_rollout.json"))
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -116,7 +119,7 @@ def main() -> None:
     from jobs.rl_config import BaseModelConfig
     from rl_platform.rollout_stats import ks_distance
 
-    base = ensure_base_model(BaseModelConfig(cache_dir=str(ROOT / "models")))
+    base = Path(args.model) if args.model else ensure_base_model(BaseModelConfig(cache_dir=str(ROOT / "models")))
     results = {name: run_mode(name, args, base) for name in args.modes.split(",")}
     reference = results.get("sync")
     for r in results.values():

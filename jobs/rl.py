@@ -192,10 +192,23 @@ def plan(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> list[str
         f"per step: {config.loop.num_prompts_per_step} prompts x {s.num_samples_per_prompt} samples = "
         f"{config.loop.num_prompts_per_step * s.num_samples_per_prompt} rollouts of <= {s.max_tokens} tokens at "
         f"T={s.temperature}; {learner.num_minibatches} optimizer step(s), micro-batch {learner.micro_batch_size}",
+        f"rollout mode: {_describe_mode(config)}",
         f"steps: {config.loop.num_steps}; checkpoint every {config.checkpoint_every or 'end only'}",
         f"evaluation: {config.eval.num_prompts} held-out prompts, greedy{sampled}, at steps "
         f"{', '.join(map(str, evals))}",
     ]
+
+
+def _describe_mode(config: RLJobConfig) -> str:
+    mode, loop = config.loop.rollout, config.loop
+    name = getattr(type(mode), "registered_name", type(mode).__name__)
+    if not mode.overlap:
+        return f"{name}: generate, then train (engines idle while the learner trains)"
+    rollout_share, learner_share = config.resources.shares(True, config.rollout.num_threads)
+    correction = getattr(type(mode.with_default_correction(config.learner.loss).correction), "registered_name", "?")
+    return (f"{name}: pool of {mode.pool_groups(loop.num_prompts_per_step)} groups generating while the learner "
+            f"trains, max staleness {loop.max_staleness}, correction {correction}; cores: rollout "
+            f"{list(rollout_share.cores) or 'all'}, learner {list(learner_share.cores) or 'all'}")
 
 
 def _extra(parser: argparse.ArgumentParser) -> None:
