@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rl_platform.ledger import Ledger
+from rl_platform.ledger import DropReason, Ledger
 from rl_platform.protocols import Generator, RewardScorer
 from rl_platform.replay_buffer import GroupBuffer, GroupRecord, RolloutModeConfig
 from rl_platform.rollout_stats import RolloutStats
@@ -83,6 +83,8 @@ class RolloutScheduler:
         self.clock = clock
         self.buffer = GroupBuffer()
         self.owed: dict[SampleKey, _Owed] = {}
+        self.excluded_engines: set[int] = set()
+        """Engines taken out of rotation (reissue_owed); nothing new is sent to them."""
         self.released: dict[SampleKey, GroupRecord] = {}
         """Samples handed to the controller and not consumed yet."""
         self.version = 0
@@ -145,6 +147,27 @@ class RolloutScheduler:
                     self.ledger.dropped(group.key(i), group.attempts[i], "run_ended")
         self.owed.clear()
 
+    def reissue_owed(self, engine: int, reason: DropReason = "engine_lost") -> int:
+        """Takes engine `engine` out of rotation and re-issues every sample it owes to the other engines (same key,
+        next attempt); returns how many. The seam for supervision: whoever sees an engine die or hang calls it
+        (and `restore_engine` once a replacement serves the current weights)."""
+        self.excluded_engines.add(engine)
+        if len(self.excluded_engines) == self.generator.num_engines:
+            raise RuntimeError(f"RolloutScheduler: no engine left to re-issue to ({self.generator.num_engines} "
+                               "excluded); restart the rollout actors")
+        keys = [k for k, owed in self.owed.items() if owed.engine == engine]
+        for key in keys:
+            group = self.buffer.find(key)
+            assert group is not None  # an owed sample always belongs to a group in the pool
+            owed = self.owed.pop(key)
+            self.ledger.dropped(key, owed.attempt, reason)
+            group.attempts[key.sample_index] += 1
+            self._issue(group, [key.sample_index])
+        return len(keys)
+
+    def restore_engine(self, engine: int) -> None:
+        self.excluded_engines.discard(engine)
+
     def state_dict(self) -> dict[str, Any]:
         """Where the dataset cursor is and which admitted groups were not trained yet (for --resume)."""
         return {"next_position": self._next_position, "pending": sorted(g.position for g in self.buffer)}
@@ -192,7 +215,8 @@ class RolloutScheduler:
         load = [0] * self.generator.num_engines
         for owed in self.owed.values():
             load[owed.engine] += 1
-        return min(range(len(load)), key=load.__getitem__)
+        live = [e for e in range(len(load)) if e not in self.excluded_engines]
+        return min(live, key=load.__getitem__)
 
     def _prompt(self, position: int) -> Prompt:
         page, index = divmod(position, self.num_prompts)

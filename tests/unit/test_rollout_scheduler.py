@@ -182,3 +182,22 @@ def test_async_modes_train_with_tis_unless_told_otherwise():
     assert SyncRolloutConfig().with_default_correction(grpo) == grpo
     loop = apply_overrides(ControllerConfig(), ["rollout=urb", "rollout.buffer_groups=3", "max_staleness=3"])
     assert loop.rollout == URBRolloutConfig(buffer_groups=3) and loop.max_staleness == 3
+
+
+def test_samples_owed_by_a_lost_engine_are_reissued_to_another_under_the_same_key():
+    ledger = Ledger()
+    gen = FakeGenerator(length_of=lambda key: 3, num_engines=2)
+    scheduler = RolloutScheduler(gen, FakeScorer(), prompts, URBRolloutConfig(buffer_groups=1), SAMPLING,
+                                 num_prompts_per_step=2, max_staleness=4, ledger=ledger)
+    scheduler.end_step(version=0)  # admits the pool: both engines get work (least-loaded assignment)
+    lost = {key for engine, key, *_ in gen.submitted if engine == 1}
+    assert lost and len(lost) == 2
+    gen.abort(1, list(lost))  # the engine died with them
+    assert scheduler.reissue_owed(1) == 2
+    batch = scheduler.next_batch(0, version=0)
+    assert {r.completion.key for r in batch.rollouts} >= lost
+    reissued = [(engine, key, attempt) for engine, key, attempt, _ in gen.submitted if key in lost and attempt == 1]
+    assert {key for _, key, _ in reissued} == lost and len(reissued) == 2 and {e for e, _, _ in reissued} == {0}
+    assert ledger.summary()["dropped_engine_lost"] == 2
+    with pytest.raises(RuntimeError, match="no engine left"):
+        scheduler.reissue_owed(0)
