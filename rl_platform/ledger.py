@@ -51,7 +51,8 @@ class Ledger:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
-        self._file: IO[str] | None = open(path, "a", buffering=1) if path is not None else None
+        # block-buffered (a line per event is thousands of writes per step); flush() at every step's end
+        self._file: IO[str] | None = open(path, "a") if path is not None else None
         self._keys: dict[str, _History] = {}
         self.counts: Counter[str] = Counter()
 
@@ -122,6 +123,10 @@ class Ledger:
                 except LedgerError as exc:
                     raise LedgerError(f"{path}:{number}: {exc}") from None
         return ledger
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:

@@ -83,6 +83,8 @@ class RolloutScheduler:
         self.clock = clock
         self.buffer = GroupBuffer()
         self.owed: dict[SampleKey, _Owed] = {}
+        self._load = [0] * generator.num_engines
+        """Samples owed per engine (the least-loaded engine gets the next one)."""
         self.excluded_engines: set[int] = set()
         """Engines taken out of rotation (reissue_owed); nothing new is sent to them."""
         self.released: dict[SampleKey, GroupRecord] = {}
@@ -130,6 +132,7 @@ class RolloutScheduler:
         if self.mode.overlap:
             self._admit()
             self._pump(0.0)
+        self.ledger.flush()
         return self.stats.end_step()
 
     def close(self) -> None:
@@ -146,6 +149,7 @@ class RolloutScheduler:
                 if c is not None and group.key(i) not in self.owed:
                     self.ledger.dropped(group.key(i), group.attempts[i], "run_ended")
         self.owed.clear()
+        self._load = [0] * len(self._load)
 
     def reissue_owed(self, engine: int, reason: DropReason = "engine_lost") -> int:
         """Takes engine `engine` out of rotation and re-issues every sample it owes to the other engines (same key,
@@ -160,6 +164,7 @@ class RolloutScheduler:
             group = self.buffer.find(key)
             assert group is not None  # an owed sample always belongs to a group in the pool
             owed = self.owed.pop(key)
+            self._load[engine] -= 1
             self.ledger.dropped(key, owed.attempt, reason)
             group.attempts[key.sample_index] += 1
             self._issue(group, [key.sample_index])
@@ -205,6 +210,7 @@ class RolloutScheduler:
             engine = self._least_loaded_engine()
             version = self.engine_versions[engine]
             self.owed[key] = _Owed(engine=engine, attempt=group.attempts[i], version=version)
+            self._load[engine] += 1
             self.ledger.issued(key, group.attempts[i], engine, version)
             by_engine.setdefault(engine, []).append(SampleRequest(
                 key=key, prompt=group.prompt, seed=key.seed(self.sampling.seed), attempt=group.attempts[i]))
@@ -212,11 +218,8 @@ class RolloutScheduler:
             self.generator.submit(engine, requests, self.sampling)
 
     def _least_loaded_engine(self) -> int:
-        load = [0] * self.generator.num_engines
-        for owed in self.owed.values():
-            load[owed.engine] += 1
-        live = [e for e in range(len(load)) if e not in self.excluded_engines]
-        return min(live, key=load.__getitem__)
+        live = [e for e in range(len(self._load)) if e not in self.excluded_engines]
+        return min(live, key=self._load.__getitem__)
 
     def _prompt(self, position: int) -> Prompt:
         page, index = divmod(position, self.num_prompts)
@@ -237,6 +240,7 @@ class RolloutScheduler:
             if group is None or owed is None:
                 raise RuntimeError(f"RolloutScheduler: engine returned sample {c.key} that is not owed; an abort "
                                    "raced a completion or an engine answered twice")
+            self._load[owed.engine] -= 1
             self._check_versions(c, owed)
             self.ledger.generated(c.key, owed.attempt, (c.policy_version, c.policy_versions[-1] if c.token_ids
                                                         else c.policy_version), len(c.token_ids))
