@@ -22,10 +22,10 @@ from jobs.rl_report import write_rl_report
 from rl_platform.controller import Controller, SamplingConfig
 from rl_platform.evaluation import evaluate_pass_rate
 from rl_platform.ledger import Ledger
+from rl_platform.model.adapter import layer_map_from_dir
 from rl_platform.model.tokenizer import load_tokenizer
 from rl_platform.progress import Progress, format_duration
 from rl_platform.run_dir import RunDir, setup_logging
-from rl_platform.tasks.prompts import ArithmeticPrompts
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,17 @@ def _local_cpus() -> int:
 
 def run(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> int:
     setup_logging("driver")
+    if not config.base_model.path and not config.base_model.pretrain_recipe:
+        print(f"error: jobs.rl: recipe {recipe} needs a model: --set base_model.path=<a Hugging Face MoE directory>",
+              file=sys.stderr)
+        return 2
     describe_base_model(config.base_model)  # an unknown recipe or a bad path fails here, before anything starts
     base_path = ensure_base_model(config.base_model)
+    try:
+        layer_map_from_dir(base_path)  # an unsupported architecture is refused before any actor starts
+    except ValueError as exc:
+        print(f"error: jobs.rl: base_model.path={str(base_path)!r}: {exc}", file=sys.stderr)
+        return 2
     run_dir = RunDir.create(config.run, recipe, config)
     started = _start_ray(args.address, num_cpus=_local_cpus())
     try:
@@ -80,11 +89,12 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
                                              resources=config.resources, seed=config.run.seed,
                                              overlap=config.loop.rollout.overlap)
     tokenizer = load_tokenizer(base_path)
-    prompts = ArithmeticPrompts(config.prompts, tokenizer, config.run.seed)
+    prompts = config.prompts.build(tokenizer, config.run.seed)
     sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + 1_000_003 * config.run.seed)
     ledger = Ledger(run_dir.path / "ledger.jsonl")
     controller = Controller(generator, scorer, trainer, prompts.train_batch, config.loop, sampling,
-                            record_rollouts=run_dir.log_rollouts, hint_prompt=prompts.with_hint, ledger=ledger)
+                            record_rollouts=run_dir.log_rollouts, ledger=ledger,
+                            hint_prompt=getattr(prompts, "with_hint", None))  # sources with worked solutions
     ckpt = run_dir.checkpoints / "rl"
     start = 0
     if resume and (ckpt / "latest").exists():
@@ -156,7 +166,7 @@ def _evaluator(config: RLJobConfig, generator, scorer, held_out, run_dir: RunDir
             chunk = max(1, config.rollout.num_workers * config.rollout.max_num_seqs // samples)
             with Progress(total=len(held_out) * samples, desc=f"eval {label} (step {step})", unit="sample") as bar:
                 metrics.update(evaluate_pass_rate(generator, scorer, held_out, sampling, config.loop.pass_threshold,
-                                                  prefix=prefix, chunk_size=chunk,
+                                                  prefix=prefix, chunk_size=chunk, by="task",
                                                   on_chunk=lambda n, k=samples, b=bar: b.update(n * k)))
         run_dir.log_metrics(step, metrics)
         logger.info("step %d held-out pass rate: greedy %.3f, sampled %.3f", step, metrics["eval/pass_rate"],

@@ -13,6 +13,7 @@ from rl_platform.controller import ControllerConfig, SamplingConfig
 from rl_platform.learner import LearnerConfig
 from rl_platform.run_dir import RunConfig
 from rl_platform.tasks.prompts import ArithmeticPromptsConfig
+from rl_platform.tasks.sources import PromptSourceConfig
 
 
 @dataclass(kw_only=True, slots=True)
@@ -20,7 +21,9 @@ class BaseModelConfig:
     """Where the policy starts."""
 
     path: str = ""
-    """An exported HF directory; empty = pretrain `pretrain_recipe` once and reuse it from `cache_dir`."""
+    """A Hugging Face directory of a supported MoE architecture (Qwen3MoeForCausalLM, Ernie4_5_MoeForCausalLM,
+    OlmoeForCausalLM; docs/bring_your_own_model.md); empty = pretrain `pretrain_recipe` once and reuse it from
+    `cache_dir`."""
     pretrain_recipe: str = "pretrain_tiny"
     """Pretraining recipe that produces the base model when `path` is empty."""
     cache_dir: str = "models"
@@ -53,7 +56,8 @@ class RLJobConfig:
     """Everything `python -m jobs.rl` needs."""
 
     base_model: BaseModelConfig = field(default_factory=BaseModelConfig)
-    prompts: ArithmeticPromptsConfig = field(default_factory=ArithmeticPromptsConfig)
+    prompts: PromptSourceConfig = field(default_factory=ArithmeticPromptsConfig)
+    """Where prompts come from, by registered name: --set prompts=arithmetic | file | reasoning_gym."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     rollout: RolloutEngineConfig = field(default_factory=RolloutEngineConfig)
     reward: RewardConfig = field(default_factory=ArithmeticVerifierConfig)

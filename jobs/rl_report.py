@@ -35,6 +35,27 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def task_table(evals: list[dict], final: dict) -> list[str]:
+    """Per-task held-out pass@1 before and after (prompt sources whose prompts name a task: reasoning_gym)."""
+    tasks = sorted(k.removeprefix("eval/pass_rate/") for k in final if k.startswith("eval/pass_rate/"))
+    if not tasks:
+        return []
+    first = evals[0] if evals else {}
+    lines = ["", "| task (held-out) | greedy pass@1 before | after | sampled pass@1 before | after |",
+             "|---|---|---|---|---|"]
+    for task in tasks:
+        cells = []
+        for key in (f"eval/pass_rate/{task}", f"eval/sampled_pass_rate/{task}"):
+            cells += [f"{first.get(key, float('nan')):.3f}", f"{final.get(key, float('nan')):.3f}"]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _architecture(policy_dir: str) -> str:
+    config = Path(policy_dir) / "config.json"
+    return json.loads(config.read_text())["architectures"][0] if config.exists() else "unknown architecture"
+
+
 def plot_curves(rows: list[dict], report: Path) -> list[str]:
     """One PNG per CURVES group that has data; returns the file names."""
     names = []
@@ -78,8 +99,9 @@ def write_rl_report(run_dir: Path, first: dict | None, final: dict, policy_dir: 
     lines = [
         "# RL report", "",
         f"- run: `{run_dir}`, recipe `{resolved.get('recipe', '?')}`, {len(steps)} RL steps logged",
-        f"- policy exported to `{policy_dir}` (HF Ernie4.5-MoE, servable by vLLM)",
-        *held_out, "",
+        f"- policy exported to `{policy_dir}` (HF {_architecture(policy_dir)}, servable by vLLM)",
+        *held_out,
+        *task_table(evals, final), "",
     ]
     if evals:
         lines += ["## Held-out evaluations", "", "| step | greedy pass@1 | sampled pass@1 | mean response length |",

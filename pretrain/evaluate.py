@@ -66,6 +66,7 @@ def normalized_entropy(p_E: torch.Tensor) -> float:
 def routing_diagnostics(model: MoETransformer, packer: Packer, num_batches: int, batch_size: int) -> RoutingDiagnostics:
     model.eval()
     cfg = model.config
+    num_moe = len(cfg.moe_layer_ids)  # routes cover the MoE layers only
     names = {i: n for n, i in DOMAIN_IDS.items()}
     counts = {}
     for i in range(num_batches):
@@ -78,18 +79,18 @@ def routing_diagnostics(model: MoETransformer, packer: Packer, num_batches: int,
                 continue
             sel = routes[batch.domain_ids_BS == d]  # [N, L, K]
             per_layer = torch.stack([torch.bincount(sel[:, layer][sel[:, layer] >= 0], minlength=cfg.num_experts)
-                                     for layer in range(cfg.num_layers)]).float()
+                                     for layer in range(num_moe)]).float()
             counts[names[d]] = counts.get(names[d], 0) + per_layer
     domains = sorted(counts)
     freq = torch.stack([counts[d] / counts[d].sum(-1, keepdim=True).clamp_min(1) for d in domains], dim=1)
     total = sum(counts.values())
     overall = total / total.sum(-1, keepdim=True).clamp_min(1)
-    entropy_L = torch.tensor([normalized_entropy(overall[layer]) for layer in range(cfg.num_layers)])
+    entropy_L = torch.tensor([normalized_entropy(overall[layer]) for layer in range(num_moe)])
     entropy_LD = torch.tensor([[normalized_entropy(freq[layer, d]) for d in range(len(domains))]
-                               for layer in range(cfg.num_layers)])
+                               for layer in range(num_moe)])
     top = max(1, round(0.25 * cfg.num_experts))
-    iou = torch.zeros(cfg.num_layers, len(domains), len(domains))
-    for layer in range(cfg.num_layers):
+    iou = torch.zeros(num_moe, len(domains), len(domains))
+    for layer in range(num_moe):
         sets = [set(freq[layer, d].topk(top).indices.tolist()) for d in range(len(domains))]
         for a in range(len(domains)):
             for b in range(len(domains)):

@@ -46,6 +46,8 @@ _BUILTIN_MODULES = (
     "rewards.reward_model",
     "rewards.remote",
     "rewards.code_verifier",
+    "rewards.answer_match",
+    "rewards.reasoning_gym",
 )
 
 

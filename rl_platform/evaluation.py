@@ -13,12 +13,13 @@ from rl_platform.types import Prompt
 
 def evaluate_pass_rate(generator: Generator, scorer: RewardScorer, prompts: Sequence[Prompt],
                        sampling: SamplingConfig, pass_threshold: float, prefix: str = "eval/", chunk_size: int = 0,
-                       on_chunk: Callable[[int], None] | None = None) -> dict[str, float]:
+                       on_chunk: Callable[[int], None] | None = None, by: str | None = None) -> dict[str, float]:
     """Pass rate over every sample: greedy pass@1 with one greedy sample per prompt, or pass@1 estimated from k
     samples per prompt at the policy's temperature (mean@k, as DAPO and verl report it).
 
     `chunk_size` > 0 generates that many prompts per call and reports each finished chunk's prompt count to
     `on_chunk` (progress display). Sampling is seeded per request, so the chunking does not change the samples.
+    `by`: a metadata key (e.g. "task") to also report `{prefix}pass_rate/<value>` for each of its values.
     """
     groups = []
     step = chunk_size if chunk_size > 0 else max(1, len(prompts))
@@ -31,7 +32,13 @@ def evaluate_pass_rate(generator: Generator, scorer: RewardScorer, prompts: Sequ
     flat = [c for g in groups for c in g]
     outcomes = scorer.score(flat_prompts, flat)
     values = [o.value for o in outcomes if not o.failed]
-    return {
+    by_value: dict[str, list[float]] = {}
+    for prompt, outcome in zip(flat_prompts, outcomes, strict=True):
+        if by is not None and by in prompt.metadata and not outcome.failed:
+            by_value.setdefault(str(prompt.metadata[by]), []).append(outcome.value)
+    per_group = {f"{prefix}pass_rate/{name}": sum(v >= pass_threshold for v in vals) / len(vals)
+                 for name, vals in sorted(by_value.items())}
+    return {**per_group,
         f"{prefix}pass_rate": sum(v >= pass_threshold for v in values) / max(1, len(values)),
         f"{prefix}reward_mean": statistics.fmean(values) if values else float("nan"),
         f"{prefix}failed_count": float(sum(o.failed for o in outcomes)),

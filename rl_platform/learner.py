@@ -135,8 +135,10 @@ class _Observed:
     """The learner's view before the update (old log-probs, live routes), gathered over the whole batch or
     micro-batch by micro-batch, and turned into the train-infer and route-mismatch metrics."""
 
-    def __init__(self, batch: TrainingBatch) -> None:
+    def __init__(self, batch: TrainingBatch, moe_layers: tuple[int, ...]) -> None:
         self.batch = batch
+        self.moe_layers = moe_layers
+        """Decoder layer of each route slot (names the per-layer mismatch metrics)."""
         self.logprobs_BS = torch.zeros_like(batch.generator_logprobs_BS)
         routes = batch.rollout_routes_BSLK
         self.live_BSLK = None if routes is None else torch.full_like(routes, -1)
@@ -153,7 +155,7 @@ class _Observed:
         if self.live_BSLK is not None:
             valid = b.attention_mask_BS.bool() & (b.rollout_routes_BSLK[..., 0, 0] >= 0)
             out.update(route_mismatch_metrics(self.live_BSLK, b.rollout_routes_BSLK, valid,
-                                              prefix="moe/route_mismatch"))
+                                              prefix="moe/route_mismatch", layer_ids=self.moe_layers))
         return out
 
 
@@ -179,6 +181,8 @@ class Learner:
         self.engine, self.optimizer = build_deepspeed_engine(
             model, config.optim, zero_stage=config.zero_stage, bf16=config.bf16,
             micro_batch_size=config.micro_batch_size, grad_accum_steps=1)
+        # the adapter computes with, and publishes, the very module DeepSpeed updates
+        assert self.engine.module is self.policy.module
         self.clipper = config.optim.clipping.build([n for n, _ in model.named_parameters()])
         self.grad_access = deepspeed_gradient_access(self.engine.module.named_parameters())
         self.version = 0
@@ -203,7 +207,7 @@ class Learner:
             raise ValueError("LearnerConfig.routing_replay='R3' needs rollout routes, but the rollouts have none; "
                              "enable routed-expert capture in the rollout engine or use routing_replay='off'/'R2'")
         fused_old = folds_old_forward(cfg)
-        observed = _Observed(batch)
+        observed = _Observed(batch, self.policy.layer_map.moe_layers)
         if self.dumper is not None:
             self.dumper.save_weights(self.step, self.policy)  # the weights the rollouts were sampled with
         old_lp, recorded_routes = None, None

@@ -7,13 +7,15 @@
 - `train/kl_train_infer_tokens`: how many tokens the three above average over (only the rows the step trains
   on: a step with few informative groups has a noisy estimate, docs/routing_replay.md, 'Results');
 - `moe/route_mismatch_layer{l}`: share of (token, layer l) whose expert SET differs between two routings
-  (order within top-k is irrelevant); `moe/route_mismatch` over all layers;
+  (order within top-k is irrelevant), l the decoder layer (dense layers have no routes and no metric);
+  `moe/route_mismatch` over all MoE layers;
   `moe/route_mismatch_tokens_any_layer`: share of tokens with at least one differing layer.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from torch import Tensor
 
@@ -35,8 +37,10 @@ def train_infer_metrics(learner_lp_BS: Tensor, generator_lp_BS: Tensor, mask_BS:
 
 
 def route_mismatch_metrics(routes_a_BSLK: Tensor, routes_b_BSLK: Tensor, valid_BS: Tensor,
-                           prefix: str = "moe/route_mismatch") -> dict[str, float]:
-    """Compares two routings as expert sets per (token, layer) at the valid positions."""
+                           prefix: str = "moe/route_mismatch",
+                           layer_ids: Sequence[int] | None = None) -> dict[str, float]:
+    """Compares two routings as expert sets per (token, MoE layer) at the valid positions; `layer_ids[l]` is the
+    decoder layer of route slot l (the model's LayerMap.moe_layers; default: slot l is layer l)."""
     k = min(routes_a_BSLK.shape[-1], routes_b_BSLK.shape[-1])
     a = routes_a_BSLK[valid_BS][..., :k].long().sort(dim=-1).values
     b = routes_b_BSLK[valid_BS][..., :k].long().sort(dim=-1).values
@@ -46,6 +50,7 @@ def route_mismatch_metrics(routes_a_BSLK: Tensor, routes_b_BSLK: Tensor, valid_B
     out = {prefix: float(differs_TL.mean())}
     if prefix == "moe/route_mismatch":
         out["moe/route_mismatch_tokens_any_layer"] = float(differs_TL.max(dim=-1).values.mean())
-        for layer in range(differs_TL.shape[1]):
-            out[f"{prefix}_layer{layer}"] = float(differs_TL[:, layer].mean())
+        names = list(layer_ids) if layer_ids is not None else list(range(differs_TL.shape[1]))
+        for slot, layer in enumerate(names):
+            out[f"{prefix}_layer{layer}"] = float(differs_TL[:, slot].mean())
     return out

@@ -50,6 +50,12 @@ def hf_config_dict(config: MoEModelConfig, submodel: SubModel | None = None, dty
     if base is None:
         return fields
     kept = {k: base[k] for k in KEPT_TOKEN_FIELDS if k in base}
+    # transformers resolves an aliased field (Qwen3's num_experts / num_local_experts) from whichever key it reads
+    # last, so a stale alias in the source config would override the value we write: drop the source's aliases
+    from transformers import CONFIG_MAPPING
+
+    aliases = CONFIG_MAPPING[fields["model_type"]].attribute_map
+    base = {k: v for k, v in base.items() if k not in set(aliases) | set(aliases.values())}
     return {**base, **fields, **kept}
 
 

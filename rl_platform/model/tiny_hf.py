@@ -75,32 +75,44 @@ def build_tiny_hf(out_dir: str | Path, architecture: str, config: TinyHFConfig |
     return out
 
 
-def _hf_config(architecture: str, c: TinyHFConfig, vocab_size: int):
-    from transformers import Ernie4_5_MoeConfig, OlmoeConfig, Qwen3MoeConfig
+def _qwen3(c: TinyHFConfig, common: dict):
+    from transformers import Qwen3MoeConfig
 
+    return Qwen3MoeConfig(**common, head_dim=c.hidden_size // c.num_heads, num_experts=c.num_experts,
+                          num_experts_per_tok=c.top_k, moe_intermediate_size=c.expert_ffn_dim,
+                          intermediate_size=c.dense_ffn_dim, mlp_only_layers=list(c.dense_layers),
+                          decoder_sparse_step=1, norm_topk_prob=c.norm_topk_prob)
+
+
+def _ernie45(c: TinyHFConfig, common: dict):
+    from transformers import Ernie4_5_MoeConfig
+
+    start = len(c.dense_layers)
+    if tuple(range(start)) != c.dense_layers:
+        raise ValueError(f"TinyHFConfig.dense_layers={c.dense_layers}: ERNIE's dense layers are a prefix here")
+    return Ernie4_5_MoeConfig(**common, moe_num_experts=c.num_experts, moe_k=c.top_k,
+                              moe_intermediate_size=c.expert_ffn_dim, intermediate_size=c.dense_ffn_dim,
+                              moe_num_shared_experts=c.num_shared_experts, moe_layer_start_index=start,
+                              moe_layer_end_index=c.num_layers - 1, moe_layer_interval=1)
+
+
+def _olmoe(c: TinyHFConfig, common: dict):
+    from transformers import OlmoeConfig
+
+    if c.dense_layers:
+        raise ValueError("TinyHFConfig.dense_layers: OLMoE has no dense layers")
+    return OlmoeConfig(**common, num_experts=c.num_experts, num_experts_per_tok=c.top_k,
+                       intermediate_size=c.expert_ffn_dim, norm_topk_prob=False, rms_norm_eps=1e-5)
+
+
+_BUILDERS = {"Qwen3MoeForCausalLM": _qwen3, "Ernie4_5_MoeForCausalLM": _ernie45, "OlmoeForCausalLM": _olmoe}
+
+
+def _hf_config(architecture: str, c: TinyHFConfig, vocab_size: int):
+    if architecture not in _BUILDERS:
+        raise ValueError(f"build_tiny_hf: architecture={architecture!r}; use one of {sorted(_BUILDERS)}")
     common = dict(vocab_size=vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_layers,
                   num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads, max_position_embeddings=1024,
-                  tie_word_embeddings=c.tie_word_embeddings, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    head_dim = c.hidden_size // c.num_heads
-    if architecture == "Qwen3MoeForCausalLM":
-        return Qwen3MoeConfig(**common, head_dim=head_dim, num_experts=c.num_experts, num_experts_per_tok=c.top_k,
-                              moe_intermediate_size=c.expert_ffn_dim, intermediate_size=c.dense_ffn_dim,
-                              mlp_only_layers=list(c.dense_layers), decoder_sparse_step=1,
-                              norm_topk_prob=c.norm_topk_prob, architectures=[architecture])
-    if architecture == "Ernie4_5_MoeForCausalLM":
-        start = len(c.dense_layers)
-        if tuple(range(start)) != c.dense_layers:
-            raise ValueError(f"TinyHFConfig.dense_layers={c.dense_layers}: ERNIE's dense layers are a prefix here")
-        return Ernie4_5_MoeConfig(**common, moe_num_experts=c.num_experts, moe_k=c.top_k,
-                                  moe_intermediate_size=c.expert_ffn_dim, intermediate_size=c.dense_ffn_dim,
-                                  moe_num_shared_experts=c.num_shared_experts, moe_layer_start_index=start,
-                                  moe_layer_end_index=c.num_layers - 1, moe_layer_interval=1,
-                                  architectures=[architecture])
-    if architecture == "OlmoeForCausalLM":
-        if c.dense_layers:
-            raise ValueError("TinyHFConfig.dense_layers: OLMoE has no dense layers")
-        return OlmoeConfig(**common, num_experts=c.num_experts, num_experts_per_tok=c.top_k,
-                           intermediate_size=c.expert_ffn_dim, norm_topk_prob=False, rms_norm_eps=1e-5,
-                           architectures=[architecture])
-    raise ValueError(f"build_tiny_hf: architecture={architecture!r}; use Qwen3MoeForCausalLM, "
-                     "Ernie4_5_MoeForCausalLM or OlmoeForCausalLM")
+                  tie_word_embeddings=c.tie_word_embeddings, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                  architectures=[architecture])
+    return _BUILDERS[architecture](c, common)

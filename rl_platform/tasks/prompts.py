@@ -1,4 +1,5 @@
-"""RL prompt sources: deterministic batches of task prompts per (seed, split, step)."""
+"""The arithmetic prompt source (`--set prompts=arithmetic`, the default): deterministic batches of the
+project's generated task per (seed, split, step). Other sources: rl_platform/tasks/sources.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from dataclasses import dataclass
 from rl_platform.config import check
 from rl_platform.tasks.arithmetic import draw_problem
 from rl_platform.tasks.hints import hinted_prompt
+from rl_platform.tasks.sources import PROMPT_SOURCES, PromptSourceConfig
 from rl_platform.types import Prompt
 
 
+@PROMPT_SOURCES.register("arithmetic")
 @dataclass(kw_only=True, slots=True)
-class ArithmeticPromptsConfig:
+class ArithmeticPromptsConfig(PromptSourceConfig):
     """Prompts of the arithmetic task family (the pretraining corpus's verifiable task)."""
 
     max_digits: int = 3
@@ -26,6 +29,9 @@ class ArithmeticPromptsConfig:
               "use 2-4")
         check(1 <= self.min_digits <= self.max_digits, "ArithmeticPromptsConfig.min_digits", self.min_digits,
               f"must be in [1, max_digits={self.max_digits}]", "use 1 (the hard split: 4 with max_digits 5)")
+
+    def build(self, tokenizer, seed: int) -> ArithmeticPrompts:
+        return ArithmeticPrompts(self, tokenizer, seed)
 
 
 class ArithmeticPrompts:

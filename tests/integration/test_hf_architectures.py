@@ -117,3 +117,28 @@ def test_an_option_the_decoder_does_not_compute_is_refused_by_name(checkpoints, 
     (tmp_path / "m" / "config.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="clip_qkv=8.0"):
         load_adapter(tmp_path / "m")
+
+
+def test_per_layer_route_mismatch_is_named_by_decoder_layer():
+    from rl_platform.rl_metrics import route_mismatch_metrics
+
+    ours = torch.tensor([[[[0, 1], [2, 3]]]])  # [B=1, S=1, 2 MoE layers, K=2]
+    theirs = torch.tensor([[[[1, 0], [2, 4]]]])  # same set in slot 0, a different one in slot 1
+    m = route_mismatch_metrics(ours, theirs, torch.tensor([[True]]), layer_ids=(1, 3))
+    assert m["moe/route_mismatch_layer1"] == 0.0 and m["moe/route_mismatch_layer3"] == 1.0
+    assert "moe/route_mismatch_layer0" not in m and m["moe/route_mismatch"] == 0.5
+
+
+def test_a_submodel_export_of_a_loaded_checkpoint_is_not_overridden_by_stale_source_fields(checkpoints, tmp_path):
+    from rl_platform.model import SubModel
+    from rl_platform.model.hf_interop import export_hf
+
+    adapter = load_adapter(checkpoints["qwen3_dense0_norm"])  # its config.json says num_local_experts=8
+    sub = SubModel(layers=(0, 2), experts=tuple(range(4)), top_k=2)
+    out = export_hf(adapter.module, tmp_path / "sub", submodel=sub, base_config=adapter.base_config)
+    hf = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert hf.config.num_experts == 4 and hf.config.num_hidden_layers == 2 and hf.config.mlp_only_layers == [0]
+    ids = _ids(adapter.module.config.vocab_size)
+    with torch.no_grad():
+        ours = adapter.module.logits(adapter.module(ids, submodels=[sub] * 3).hidden_BSD)
+        assert (ours - hf(ids).logits).abs().max().item() <= LOGIT_TOL
