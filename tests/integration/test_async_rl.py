@@ -28,7 +28,7 @@ def run(smoke_base_model, tmp_path_factory):
     config.loop = dataclasses.replace(config.loop, rollout=URBRolloutConfig(buffer_groups=2), max_staleness=2)
     # long responses and a narrow engine (8 sequences at a time): the engine is always mid-response when a
     # weight update arrives, so every update lands while requests are in flight
-    config.sampling = dataclasses.replace(config.sampling, max_tokens=48, ignore_eos=True)
+    config.sampling = dataclasses.replace(config.sampling, max_tokens=32, ignore_eos=True)
     config.rollout.max_num_seqs = 8
     ray.init(num_cpus=2, include_dashboard=False)
     learner = dataclasses.replace(config.learner, loss=config.loop.rollout.with_default_correction(config.learner.loss))
