@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import ray
 
-from actors.cpu_share import CpuShare, split_cores
+from actors.cpu_share import CpuShare
 from actors.learner import LearnerWorker
 from actors.reward_pool import RewardWorker
 from actors.rollout import RolloutEngineConfig, RolloutWorker
@@ -48,7 +47,8 @@ class ActorResources:
     """shared: every role uses every core (right when they take turns, as in sync); split: the rollout actors
     are pinned to a `rollout_core_share` of the cores and the learner to the rest, one torch thread per core
     (right when they run at the same time); auto: split when the rollout mode overlaps generation with
-    training (docs/async_rl.md, "CPU split"). Pinning applies to actors on the driver's machine."""
+    training (docs/async_rl.md, "CPU split"). Each actor splits the cores of its own machine; when both roles
+    run on one machine the two sides are disjoint."""
     rollout_core_share: float = 0.5
     """Fraction of the cores the rollout actors get under a split (the learner gets the rest)."""
 
@@ -59,9 +59,11 @@ class ActorResources:
               "must be in (0, 1)", "use 0.5")
 
     def shares(self, overlap: bool, threads: int) -> tuple[CpuShare, CpuShare]:
-        """(rollout, learner) CPU shares for a loop that does (overlap) or does not overlap the two roles."""
+        """(rollout, learner) CPU shares for a loop that does (overlap) or does not overlap the two roles; each
+        actor resolves its share against the cores of its own machine."""
         if self.cpu_split == "split" or (self.cpu_split == "auto" and overlap):
-            return split_cores(sorted(os.sched_getaffinity(0)), self.rollout_core_share)
+            return (CpuShare(role="rollout", rollout_share=self.rollout_core_share),
+                    CpuShare(role="learner", rollout_share=self.rollout_core_share))
         return CpuShare(threads=threads), CpuShare(threads=threads)
 
 
@@ -205,7 +207,7 @@ def start_roles(*, model_path: str, rollout: RolloutEngineConfig, learner: Learn
     trainer = learner_cls.remote(learner, model_path, seed, learner_share)
     ray.get([h.policy_version.remote() for h in rollouts] + [h.__ray_ready__.remote() for h in rewards]
             + [trainer.current_version.remote()])
-    logger.info("CPU split: rollout %s, learner %s", rollout_share, learner_share)
+    logger.info("CPU shares: rollout %s, learner %s", rollout_share, learner_share)
     return RemoteGenerator(rollouts), RemoteRewardPool(rewards), RemoteTrainer(trainer)
 
 

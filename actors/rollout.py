@@ -72,7 +72,7 @@ class RolloutWorker:
         setup_logging(f"rollout {worker_index}")
         # An in-process vLLM-CPU engine sizes its thread pool from OMP_NUM_THREADS (Ray sets 1 for fractional
         # actors) and then disables torch.set_num_threads, so the count has to be in the environment first.
-        (cpu or CpuShare(threads=config.num_threads)).apply()
+        cores = (cpu or CpuShare(threads=config.num_threads)).apply()
         from rl_platform.vllm_cpu import build_llm, prepare_vllm_process
         from rl_platform.vllm_cpu.streaming import StreamingEngine
 
@@ -98,7 +98,8 @@ class RolloutWorker:
         self._calls = 0
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._thread.start()
-        logger.info("engine up in %.1f s (%s, %s)", time.perf_counter() - start, model_path, config.dtype)
+        logger.info("engine up in %.1f s (%s, %s, cores %s)", time.perf_counter() - start, model_path, config.dtype,
+                    cores)
 
     # ------------------------------------------------------------------ the engine thread
     def _loop(self) -> None:

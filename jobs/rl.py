@@ -217,8 +217,8 @@ def _describe_mode(config: RLJobConfig) -> str:
     rollout_share, learner_share = config.resources.shares(True, config.rollout.num_threads)
     correction = getattr(type(mode.with_default_correction(config.learner.loss).correction), "registered_name", "?")
     return (f"{name}: pool of {mode.pool_groups(loop.num_prompts_per_step)} groups generating while the learner "
-            f"trains, max staleness {loop.max_staleness}, correction {correction}; cores: rollout "
-            f"{list(rollout_share.cores) or 'all'}, learner {list(learner_share.cores) or 'all'}")
+            f"trains, max staleness {loop.max_staleness}, correction {correction}; cores here: rollout "
+            f"{rollout_share.cores()}, learner {learner_share.cores()}")
 
 
 def _extra(parser: argparse.ArgumentParser) -> None:
