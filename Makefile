@@ -15,11 +15,11 @@ PYTEST_ARGS ?=
 run: $(STAMP)
 	$(PY) -m jobs.main
 
-# pytest exits 5 when it collected no test (e.g. a marker filter that deselects everything): say so loudly
-# rather than failing on a non-error; every other non-zero status fails.
+# pytest exits 5 when it collected no test (a wrong path, or a marker filter that deselects everything): a
+# run that tested nothing is a failure, said in words; every other non-zero status fails as it is.
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "WARNING: pytest collected no tests" >&2; exit 0; fi; exit $$rc
+	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests (PYTEST_ARGS='$(PYTEST_ARGS)')" >&2; fi; exit $$rc
 
 setup: $(STAMP)
 

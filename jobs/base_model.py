@@ -22,6 +22,7 @@ from jobs.cli import flatten
 from jobs.recipes import recipes_for
 from jobs.rl_config import BaseModelConfig
 from pretrain.stage import run_pretraining
+from rl_platform.checkpointing import CheckpointStore
 from rl_platform.config import ConfigError, config_to_dict
 from rl_platform.run_dir import RunDir
 
@@ -33,7 +34,7 @@ model, loop, export), so cached base models of the old code are not reused. 2: t
 cut short by a wall-clock cap."""
 
 RESULT_NEUTRAL_KEYS = frozenset({"loop.max_minutes", "loop.log_every", "loop.checkpoint_every", "run.run_dir",
-                                 "run.use_wandb", "run.wandb_project"})
+                                 "run.use_wandb", "run.wandb_project", "checkpoint.keep_last", "checkpoint.verify"})
 """Pretraining fields that change how a run is watched or stored, never the weights it produces."""
 
 
@@ -88,7 +89,7 @@ def ensure_base_model(config: BaseModelConfig) -> Path:
     run_dir = RunDir.create(pretrain_config.run, config.pretrain_recipe, pretrain_config)
     (root / "cache_key.json").write_text(json.dumps(cache_key(pretrain_config), indent=2, sort_keys=True) + "\n")
     try:
-        run_pretraining(pretrain_config, run_dir.path, run_dir.log_metrics, resume=resume,
+        run_pretraining(pretrain_config, run_dir.path, run_dir.log_metrics, resume=resume, run_files=run_dir,
                         resume_hint=f"--recipe {config.pretrain_recipe} --run-dir {root}")
     finally:
         run_dir.close()
@@ -96,4 +97,4 @@ def ensure_base_model(config: BaseModelConfig) -> Path:
 
 
 def _has_checkpoint(root: Path) -> bool:
-    return (root / "checkpoints" / "pretrain" / "latest").exists()
+    return CheckpointStore(root / "checkpoints" / "pretrain").newest_valid() is not None

@@ -15,6 +15,7 @@ from jobs.cli import run_entry
 from pretrain.config import PretrainJobConfig
 from pretrain.stage import run_pretraining
 from rl_platform.run_dir import RunDir, setup_logging
+from rl_platform.shutdown import GracefulStop, resume_command
 
 
 def run(recipe: str, config: PretrainJobConfig, args: argparse.Namespace) -> int:
@@ -24,9 +25,15 @@ def run(recipe: str, config: PretrainJobConfig, args: argparse.Namespace) -> int
                      *(x for o in args.overrides if not o.startswith("loop.max_minutes=")
                        for x in ("--set", shlex.quote(o)))])
     try:
-        result = run_pretraining(config, run_dir.path, run_dir.log_metrics, resume=args.resume, resume_hint=hint)
+        with GracefulStop() as stop:
+            result = run_pretraining(config, run_dir.path, run_dir.log_metrics, resume=args.resume, resume_hint=hint,
+                                     stop=stop, run_files=run_dir)
     finally:
         run_dir.close()
+    if result.stopped_by is not None:
+        print(f"pretraining stopped at a checkpoint ({result.stopped_by}); continue it with:\n  "
+              f"{resume_command('jobs.pretrain', run_dir.path, with_flag=True)}")
+        return 0
     print(f"pretraining done in {result.train_minutes:.1f} min; val loss (full) "
           f"{result.family_losses['full']['all']:.4f}")
     print(f"report: {run_dir.report / 'pretrain.html'} (also pretrain.md)")

@@ -17,8 +17,12 @@ from pathlib import Path
 
 from jobs.base_model import describe_base_model, ensure_base_model
 from jobs.cli import run_entry
+from jobs.preflight import check_base_model, check_ray_address
 from jobs.rl_config import RLJobConfig
+from jobs.rl_recovery import ROLE, GuardedTrainer, LearnerFailed, RLCheckpoints, learner_failure_message
 from jobs.rl_report import write_rl_report
+from rl_platform.checkpointing import CheckpointError, CheckpointStore
+from rl_platform.config import ConfigError
 from rl_platform.controller import Controller, SamplingConfig
 from rl_platform.evaluation import evaluate_pass_rate
 from rl_platform.ledger import Ledger
@@ -26,6 +30,7 @@ from rl_platform.model.adapter import layer_map_from_dir
 from rl_platform.model.tokenizer import load_tokenizer
 from rl_platform.progress import Progress, format_duration
 from rl_platform.run_dir import RunDir, setup_logging
+from rl_platform.shutdown import GracefulStop, resume_command
 
 logger = logging.getLogger(__name__)
 
@@ -51,21 +56,16 @@ def _local_cpus() -> int:
 
 def run(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> int:
     setup_logging("driver")
-    if not config.base_model.path and not config.base_model.pretrain_recipe:
-        print(f"error: jobs.rl: recipe {recipe} needs a model: --set base_model.path=<a Hugging Face MoE directory>",
-              file=sys.stderr)
-        return 2
-    describe_base_model(config.base_model)  # an unknown recipe or a bad path fails here, before anything starts
-    base_path = ensure_base_model(config.base_model)
     try:
-        layer_map_from_dir(base_path)  # an unsupported architecture is refused before any actor starts
-    except ValueError as exc:
-        print(f"error: jobs.rl: base_model.path={str(base_path)!r}: {exc}", file=sys.stderr)
+        base_path = _preflight(recipe, config, args)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: jobs.rl: {exc}", file=sys.stderr)
         return 2
     run_dir = RunDir.create(config.run, recipe, config)
     started = _start_ray(args.address, num_cpus=_local_cpus())
     try:
-        return _train(config, run_dir, base_path, resume=args.resume)
+        with GracefulStop() as stop:  # after ray.init, which installs its own SIGTERM handler
+            return _train_with_restarts(config, run_dir, base_path, args.resume, stop)
     finally:
         run_dir.close()
         if started:
@@ -74,7 +74,64 @@ def run(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> int:
             ray.shutdown()
 
 
-def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) -> int:
+def _preflight(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> Path:
+    """Everything checkable before Ray starts (docs/fault_tolerance.md, 'Bad input'); returns the base model."""
+    if args.resume and not config.run.run_dir:
+        raise ConfigError("--resume needs --run-dir <the run to continue>")
+    if args.resume:  # a resume with nothing to resume from is an error, never a silent fresh start
+        try:
+            CheckpointStore(Path(config.run.run_dir) / "checkpoints" / ROLE, config.checkpoint).require_newest_valid()
+        except CheckpointError as exc:
+            raise CheckpointError(f"--resume: {exc}") from None
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_ray_address(address)
+    if not config.base_model.path and not config.base_model.pretrain_recipe:
+        raise ConfigError(f"recipe {recipe} needs a model: --set base_model.path=<a Hugging Face MoE directory>")
+    if config.base_model.path:
+        check_base_model(config.base_model.path)
+    describe_base_model(config.base_model)  # an unknown recipe or a bad path fails here, before anything starts
+    base_path = ensure_base_model(config.base_model)
+    try:
+        layer_map_from_dir(base_path)  # an unsupported architecture is refused before any actor starts
+    except ValueError as exc:
+        raise ConfigError(f"base_model.path={str(base_path)!r}: {exc}") from None
+    check_base_model(base_path)
+    return base_path
+
+
+def _train_with_restarts(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool,
+                         stop: GracefulStop) -> int:
+    """`_train`, restarted from the newest checkpoint up to `loop.auto_resume` times when the learner fails."""
+    checkpoints = RLCheckpoints(run_dir, config.checkpoint)
+    restarts = 0
+    while True:
+        try:
+            return _train(config, run_dir, base_path, resume, stop, checkpoints)
+        except LearnerFailed as failure:
+            if restarts >= config.loop.auto_resume:
+                print(learner_failure_message(failure, checkpoints, run_dir), file=sys.stderr)
+                return 1
+            restarts += 1
+            newest = checkpoints.newest()
+            logger.error("%s; auto_resume %d/%d: restarting the roles from %s", failure, restarts,
+                         config.loop.auto_resume, newest.path if newest else "step 0 (no checkpoint yet)")
+            resume = newest is not None
+            if newest is None:
+                run_dir.truncate_jsonl({})
+
+
+def _stop_roles(*clients: object) -> None:
+    """Kills the actors behind the role clients (a restart starts new ones; the old may hold the cores)."""
+    import ray
+
+    for client in clients:
+        for handle in [*getattr(client, "handles", []), *filter(None, [getattr(client, "handle", None)])]:
+            ray.kill(handle)
+
+
+def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, stop: GracefulStop,
+           checkpoints: RLCheckpoints) -> int:
     from actors.remote import start_roles
 
     logger.info("starting the actors (rollout engine, reward pool, learner)")
@@ -84,52 +141,62 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
                                   loss=config.loop.rollout.with_default_correction(config.learner.loss))
     if learner.dump.enabled and not learner.dump.dir:
         learner.dump = dataclasses.replace(learner.dump, dir=str(run_dir.path / "batches"))
-    generator, scorer, trainer = start_roles(model_path=str(base_path), rollout=config.rollout,
-                                             learner=learner, reward_config=config.reward,
-                                             resources=config.resources, seed=config.run.seed,
-                                             overlap=config.loop.rollout.overlap)
+    generator, scorer, remote_trainer = start_roles(model_path=str(base_path), rollout=config.rollout,
+                                                    learner=learner, reward_config=config.reward,
+                                                    resources=config.resources, seed=config.run.seed,
+                                                    overlap=config.loop.rollout.overlap)
+    try:
+        return _loop(config, run_dir, base_path, resume, stop, checkpoints, generator, scorer,
+                     GuardedTrainer(remote_trainer))
+    except LearnerFailed:
+        _stop_roles(generator, scorer, remote_trainer)
+        raise
+
+
+def _loop(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, stop: GracefulStop,
+          checkpoints: RLCheckpoints, generator, scorer, trainer: GuardedTrainer) -> int:
     tokenizer = load_tokenizer(base_path)
     prompts = config.prompts.build(tokenizer, config.run.seed)
     sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + 1_000_003 * config.run.seed)
-    ledger = Ledger(run_dir.path / "ledger.jsonl")
+    start = checkpoints.resume(trainer) if resume else 0  # cuts ledger.jsonl back to the checkpoint too
+    # a resumed run continues the ledger: what the checkpoint still owed is dropped and issued again
+    ledger = Ledger.continue_file(run_dir.path / "ledger.jsonl", run_dir.jsonl("ledger.jsonl"))
     controller = Controller(generator, scorer, trainer, prompts.train_batch, config.loop, sampling,
                             record_rollouts=run_dir.log_rollouts, ledger=ledger,
                             hint_prompt=getattr(prompts, "with_hint", None))  # sources with worked solutions
-    ckpt = run_dir.checkpoints / "rl"
-    start = 0
-    if resume and (ckpt / "latest").exists():
-        state = trainer.load_checkpoint(str(ckpt))
-        start = int(state["step"])
-        if "scheduler" in state:  # the dataset cursor and the groups admitted but not trained
-            controller.scheduler.load_state_dict(state["scheduler"])
-        else:
-            controller.scheduler.resume_at(start)
+    if resume:
+        # the dataset cursor and the groups admitted but not trained (a checkpoint without them: step's cursor)
+        controller.scheduler.resume(start, checkpoints.resumed_state.get("scheduler"))
         controller.policy_version = controller.sync_weights(wait=True)
         logger.info("resumed at step %d (policy version %d)", start, controller.policy_version)
-    elif resume:
-        logger.info("no checkpoint in %s yet: starting at step 0", ckpt)
     evaluate = _evaluator(config, generator, scorer, prompts.held_out(config.eval.num_prompts), run_dir)
 
     first = evaluate(start) if start == 0 else None
     num_steps = config.loop.num_steps
     with Progress(total=num_steps, initial=start, desc="rl", unit="step", show_lines=False) as progress:
         for step in range(start, num_steps):
+            if stop.requested:  # a signal during start-up or an evaluation: nothing of this step ran yet
+                return _stopped(checkpoints, trainer, run_dir, step, stop, controller)
             began = time.perf_counter()
+            trainer.step = step
             metrics = controller.run_step(step)
             run_dir.log_metrics(step + 1, metrics)
             last = step + 1 == num_steps
-            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and not last:
-                # in-flight samples are regenerated after a resume; the cursor says which groups were trained
-                trainer.save_checkpoint(str(ckpt), {"step": step + 1, "scheduler": controller.scheduler.state_dict()})
-            if config.eval.every_steps and (step + 1) % config.eval.every_steps == 0 and not last:
+            # evaluate before checkpointing, so a checkpoint covers every row logged for its step
+            if config.eval.every_steps and (step + 1) % config.eval.every_steps == 0 and not last \
+                    and not stop.requested:
                 evaluate(step + 1)
             progress.update(reward=f"{metrics['reward/mean']:.3f}")
             progress.write(step_summary(step + 1, num_steps, metrics, time.perf_counter() - began, progress.eta_s))
+            if stop.requested and not last:
+                return _stopped(checkpoints, trainer, run_dir, step + 1, stop, controller)
+            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and not last:
+                # samples in flight are issued again after a resume; the scheduler state says which groups
+                checkpoints.save(trainer, step + 1, {"scheduler": controller.scheduler.state_dict()})
     controller.close()  # stop generating for steps that will not run
     logger.info("ledger: %s", ledger.summary())
-    ledger.close()
     final = evaluate(num_steps)
-    trainer.save_checkpoint(str(ckpt), {"step": num_steps})
+    checkpoints.save(trainer, num_steps, {"scheduler": controller.scheduler.state_dict()})
     policy_dir = trainer.export(str(run_dir.path / "models" / "policy"))
     report = write_rl_report(run_dir.path, first, final, policy_dir)
     for key, label in (("eval/pass_rate", "greedy"), ("eval/sampled_pass_rate", "sampled")):
@@ -138,6 +205,15 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool) 
                   f"-> after {final[key]:.3f}")
     print(f"policy: {policy_dir}")
     print(f"report: {report.with_name('report.html')} (also {report.name})")
+    return 0
+
+
+def _stopped(checkpoints: RLCheckpoints, trainer: GuardedTrainer, run_dir: RunDir, step: int,
+             stop: GracefulStop, controller: Controller) -> int:
+    info = checkpoints.save(trainer, step, {"scheduler": controller.scheduler.state_dict()})
+    controller.close()  # after the checkpoint: a resume issues the in-flight samples again
+    print(f"stopped after step {step} ({stop.reason}); checkpoint {info.path}. Continue with:\n  "
+          f"{resume_command('jobs.rl', run_dir.path)}")
     return 0
 
 

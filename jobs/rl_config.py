@@ -8,6 +8,7 @@ from actors.remote import ActorResources
 from actors.rollout import RolloutEngineConfig
 from rewards.base import RewardConfig
 from rewards.verifiers import ArithmeticVerifierConfig
+from rl_platform.checkpointing import CheckpointConfig
 from rl_platform.config import check
 from rl_platform.controller import ControllerConfig, SamplingConfig
 from rl_platform.learner import LearnerConfig
@@ -68,6 +69,8 @@ class RLJobConfig:
     resources: ActorResources = field(default_factory=ActorResources)
     checkpoint_every: int = 10
     """RL steps between resumable checkpoints (0: only at the end)."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """How many checkpoints are kept and how a resume verifies them (docs/fault_tolerance.md)."""
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pretrain.data.pipeline import PretrainDataConfig
 from pretrain.elastic import ElasticConfig
 from pretrain.simreg import SimRegConfig
+from rl_platform.checkpointing import CheckpointConfig
 from rl_platform.config import check
 from rl_platform.model.config import MoEModelConfig
 from rl_platform.optim.optimizer import OptimConfig
@@ -72,6 +73,8 @@ class PretrainJobConfig:
     simreg: SimRegConfig = field(default_factory=SimRegConfig)
     loop: PretrainLoopConfig = field(default_factory=PretrainLoopConfig)
     eval: PretrainEvalConfig = field(default_factory=PretrainEvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """How many checkpoints are kept and how a resume verifies them (docs/fault_tolerance.md)."""
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> None:

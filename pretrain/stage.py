@@ -31,11 +31,16 @@ class PretrainResult:
     """Exported HF directories by sub-model name ("full", "depth-75", ...)."""
     family_losses: dict[str, dict[str, float]]
     train_minutes: float
+    stopped_by: str | None = None
+    """Why training ended before num_steps (a stop signal); then nothing was evaluated or exported, and the
+    same command with --resume continues from the checkpoint written at the stop."""
 
 
 def run_pretraining(config: PretrainJobConfig, run_dir: Path, log_metrics, resume: bool = False,
-                    resume_hint: str = "") -> PretrainResult:
-    """Trains (continuing from run_dir's checkpoint when `resume`), evaluates, exports and reports."""
+                    resume_hint: str = "", stop=None, run_files=None) -> PretrainResult:
+    """Trains (continuing from run_dir's checkpoint when `resume`), evaluates, exports and reports. `stop`: a
+    GracefulStop ending training after the current step; `run_files`: the RunDir whose *.jsonl a checkpoint
+    records and a resume cuts back (docs/fault_tolerance.md)."""
     config.validate()
     tokenizer_dir = run_dir / "tokenizer"
     if (tokenizer_dir / "tokenizer.json").exists():
@@ -46,10 +51,13 @@ def run_pretraining(config: PretrainJobConfig, run_dir: Path, log_metrics, resum
     if len(tokenizer) > config.model.vocab_size:
         raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the tokenizer "
                          f"({len(tokenizer)} tokens); set --set model.vocab_size={len(tokenizer)}")
-    trainer = PretrainTrainer(config, tokenizer, run_dir, log_metrics)
+    trainer = PretrainTrainer(config, tokenizer, run_dir, log_metrics, run_files=run_files)
     start = time.perf_counter()
-    history = trainer.train(resume=resume, resume_hint=resume_hint)
+    history = trainer.train(resume=resume, resume_hint=resume_hint, stop=stop)
     train_minutes = (time.perf_counter() - start) / 60
+    if trainer.stopped_by is not None:
+        return PretrainResult(model_dirs={}, family_losses={}, train_minutes=train_minutes,
+                              stopped_by=trainer.stopped_by)
     model = trainer.engine.module
 
     val = Packer(config.data, tokenizer, config.run.seed, "validation")

@@ -26,6 +26,7 @@ from pretrain.config import PretrainJobConfig
 from pretrain.data.pipeline import IGNORE_INDEX, PackedBatch, Packer
 from pretrain.elastic import sample_submodel
 from pretrain.simreg import simreg_loss
+from rl_platform.checkpointing import CheckpointError, CheckpointStore
 from rl_platform.config import ConfigError
 from rl_platform.model import MoETransformer, SubModel
 from rl_platform.optim.adagc import deepspeed_gradient_access
@@ -87,10 +88,14 @@ def sample_row_submodels(config: PretrainJobConfig, step: int, micro: int, rows:
 class PretrainTrainer:
     """Owns the engine, the clipper and the data; `train()` runs (or resumes) the loop."""
 
-    def __init__(self, config: PretrainJobConfig, tokenizer, run_dir, log_metrics) -> None:
+    def __init__(self, config: PretrainJobConfig, tokenizer, run_dir, log_metrics, run_files=None) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
         self.log_metrics = log_metrics
+        self.run_files = run_files
+        """The RunDir (or None): checkpoints record its *.jsonl lengths, a resume cuts them back."""
+        self.stopped_by: str | None = None
+        """Set when a stop signal ended training early (GracefulStop.reason)."""
         torch.manual_seed(config.run.seed)
         self.model = MoETransformer(config.model)
         loop = config.loop
@@ -108,17 +113,27 @@ class PretrainTrainer:
 
     def save_checkpoint(self) -> None:
         state = {"step": self.step, "clipper": self.clipper.state_dict(), "torch_rng": torch.get_rng_state()}
-        self.engine.save_checkpoint(str(self.checkpoint_dir), tag=f"step{self.step}", client_state=state)
+        meta = {"step": self.step, "run_files": self.run_files.jsonl_offsets() if self.run_files else {}}
+        store = CheckpointStore(self.checkpoint_dir, self.config.checkpoint)
+        store.save(self.step, lambda staging, tag: self.engine.save_checkpoint(
+            str(staging), tag=tag, client_state=state, save_latest=False), meta=meta)
+        store.prune()
         logger.info("checkpoint saved at step %d", self.step)
 
     def try_resume(self) -> bool:
-        if not (self.checkpoint_dir / "latest").exists():
+        """Loads the newest valid checkpoint (a broken newer one is named in the log and skipped); False if none."""
+        info = CheckpointStore(self.checkpoint_dir, self.config.checkpoint).newest_valid()
+        if info is None:
             return False
-        _, state = self.engine.load_checkpoint(str(self.checkpoint_dir))
+        loaded, state = self.engine.load_checkpoint(str(info.path.parent), tag=info.tag)
+        if loaded is None:
+            raise CheckpointError(f"DeepSpeed found no loadable checkpoint in {info.path}")
         self.step = int(state["step"])
         self.clipper.load_state_dict(state["clipper"])
         torch.set_rng_state(state["torch_rng"])
-        logger.info("resumed pretraining at step %d", self.step)
+        if self.run_files is not None:
+            self.run_files.truncate_jsonl(info.meta.get("run_files", {}))
+        logger.info("resumed pretraining at step %d from %s", self.step, info.path)
         return True
 
     def train_step(self) -> dict[str, float]:
@@ -159,9 +174,10 @@ class PretrainTrainer:
             "moe/expert_load_min": float(share_LE.min(-1).values.mean() * cfg.model.num_experts),
         }
 
-    def train(self, resume: bool = False, resume_hint: str = "") -> list[dict[str, float]]:
+    def train(self, resume: bool = False, resume_hint: str = "", stop=None) -> list[dict[str, float]]:
         """Runs the whole step budget (continuing from the checkpoint when `resume`); raises SafetyCapExceeded,
-        after checkpointing, if that takes longer than loop.max_minutes."""
+        after checkpointing, if that takes longer than loop.max_minutes. `stop` (a GracefulStop) ends it after
+        the current step."""
         loop = self.config.loop
         if resume:
             self.try_resume()
@@ -183,6 +199,12 @@ class PretrainTrainer:
                 if loop.max_minutes and self.step < loop.num_steps and elapsed > 60 * loop.max_minutes:
                     self.save_checkpoint()
                     raise SafetyCapExceeded(self._cap_message(progress, resume_hint))
+                if stop is not None and stop.requested:
+                    self.stopped_by = stop.reason
+                    logger.warning("stopping at step %d: %s", self.step, stop.reason)
+                    if self.step % loop.log_every:
+                        self.log_metrics(self.step, metrics)  # the last step's metrics are not lost
+                    break
         self.save_checkpoint()
         return history
 

@@ -23,19 +23,15 @@ Concrete rewards implement `make_scorer()` returning a `RawScorer`: an object wi
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import inspect
-import json
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import ClassVar
 
-from rl_platform.config import Registry, check, config_to_dict
-from rl_platform.types import RewardInput, RewardResult  # the payloads live with every other payload type
-
-REWARDS = Registry("reward")
-"""Name -> RewardConfig subclass; filled by the `@REWARDS.register(name)` decorators of `rewards/*`."""
+from rewards.core import REWARDS, Failure, RawScorer, Scorer, config_version
+from rewards.guard import GuardedScorer
+from rewards.shadow import ShadowedReward
+from rl_platform.config import check
+from rl_platform.types import RewardInput, RewardResult
 
 # Modules whose import registers the built-in rewards; `RewardConfig.registry()` imports them so a config
 # tree can resolve `reward=<name>` even if the caller only imported `rewards.base`.
@@ -49,65 +45,6 @@ _BUILTIN_MODULES = (
     "rewards.answer_match",
     "rewards.reasoning_gym",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """Returned by a RawScorer for a sample it cannot score; becomes a failed RewardResult."""
-
-    reason: str
-
-
-@runtime_checkable
-class Scorer(Protocol):
-    """What `RewardConfig.build()` returns: a batched, guarded, versioned reward."""
-
-    name: str
-    version: str
-    pass_threshold: float | None
-    """Values >= this count as a pass in `reward/pass_rate` (verifiers: 1.0); None: not a verifier."""
-
-    def score(self, samples: Sequence[RewardInput]) -> list[RewardResult]:
-        """Returns one result per sample, in order; never raises for a bad sample or a crashing reward."""
-        ...
-
-
-class RawScorer(Protocol):
-    """What a concrete reward implements; `GuardedScorer` turns it into a Scorer."""
-
-    name: str
-    version: str
-    pass_threshold: float | None
-
-    def score_batch(self, samples: Sequence[RewardInput]) -> list[float | Failure | RewardResult]: ...
-
-
-def _source_digest(obj: Any) -> str:
-    """Hash of the source file defining `obj` (falls back to its qualified name when there is no file)."""
-    module = inspect.getmodule(obj)
-    try:
-        text = inspect.getsource(module) if module is not None else obj.__qualname__
-    except (OSError, TypeError):
-        text = getattr(obj, "__qualname__", repr(obj))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def config_version(config: RewardConfig, *extra: str, exclude: tuple[str, ...] = ()) -> str:
-    """12-hex provenance hash of a reward: its config (minus `shadow`), implementing source, and `extra`.
-
-    The shadow is left out because it never changes the trained-on value; so are the `exclude` fields
-    (where a model is stored, which device runs it). `extra` carries what the config does not pin: a
-    weights digest, a user function's source, components' versions.
-    """
-    tree = config_to_dict(config)
-    for name in ("shadow", *exclude):
-        tree.pop(name, None)
-    payload = json.dumps(
-        {"type": type(config).__qualname__, "config": tree, "source": _source_digest(type(config)),
-         "extra": list(extra)},
-        sort_keys=True, default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -141,9 +78,6 @@ class RewardConfig:
 
     def build(self) -> Scorer:
         """The guarded scorer (and its shadow, if configured); see the module docstring for why always guarded."""
-        from rewards.combine import ShadowedReward
-        from rewards.guard import GuardedScorer
-
         scorer: Scorer = GuardedScorer(self.make_scorer(), timeout_s=self.timeout_s)
         if self.shadow is not None:
             scorer = ShadowedReward(primary=scorer, shadow=self.shadow.build())

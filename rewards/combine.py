@@ -12,9 +12,10 @@ how a new reward model is A/B-tested on live rollouts before it is trained on.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from rewards.base import REWARDS, RewardConfig, RewardInput, RewardResult, Scorer, config_version
+from rewards.base import REWARDS, RewardConfig, RewardInput, RewardResult, config_version
+from rewards.shadow import ShadowedReward  # noqa: F401 - re-exported: shadow scoring is documented here
 from rewards.verifiers import ArithmeticFormatConfig, ArithmeticVerifierConfig, LengthPenaltyConfig
 from rl_platform.config import check
 
@@ -97,32 +98,3 @@ class WeightedScorer:
                 combined.append(RewardResult(value=total, failed=False, reason=None, reward_name=self.name,
                                              reward_version=self.version, components=values))
         return combined
-
-
-class ShadowedReward:
-    """A primary scorer plus a shadow whose result is attached to each primary result, never mixed in.
-
-    Example:
-        scorer = ShadowedReward(primary=ArithmeticVerifierConfig().build(),
-                                shadow=RewardModelConfig(path=Path("models/rm")).build())
-        [r.shadow_value for r in scorer.score(samples)]
-    """
-
-    def __init__(self, primary: Scorer, shadow: Scorer) -> None:
-        self.primary = primary
-        self.shadow = shadow
-        self.name = primary.name
-        self.version = primary.version
-        self.pass_threshold = primary.pass_threshold
-
-    def score(self, samples: Sequence[RewardInput]) -> list[RewardResult]:
-        primary = self.primary.score(samples)
-        # Guarded scorers do not raise; this catch is for a hand-written Scorer passed in directly, whose
-        # crash must not take the primary reward down with it.
-        try:
-            shadow = self.shadow.score(samples)
-        except Exception as exc:  # noqa: BLE001
-            shadow = [RewardResult(value=None, failed=True, reason=f"error: {type(exc).__name__}: {exc}",
-                                   reward_name=self.shadow.name, reward_version=self.shadow.version)
-                      for _ in samples]
-        return [replace(p, shadow=s) for p, s in zip(primary, shadow, strict=True)]

@@ -3,7 +3,9 @@
 `GuardedScorer` wraps a RawScorer and turns each way a reward can go wrong into failed RewardResults:
 
     exception in score_batch      -> every sample of the batch: "error: <Type>: <message>"
-    batch exceeds timeout_s       -> every sample of the batch: "timeout: ..."
+    batch exceeds timeout_s       -> every sample of the batch: "timeout: ..."; the batch is stopped (the
+                                     scorer's cancel(), then RewardTimeout raised in its thread), so a
+                                     timed-out batch does not keep burning CPU beside the next one
     wrong number of values        -> every sample of the batch: "contract: ..."
     NaN / inf / non-number value  -> that sample: "non_finite: ..." / "type: ..."
     Failure(reason)               -> that sample, with the scorer's reason
@@ -14,14 +16,16 @@ sample cannot flood the logs, but cannot go unnoticed either; counts go to `rewa
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import numbers
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from rewards.base import Failure, RawScorer, RewardInput, RewardResult
+from rewards.core import Failure, RawScorer, RewardInput, RewardResult
 
 logger = logging.getLogger(__name__)
 
@@ -42,26 +46,52 @@ def log_failure_once(reward_name: str, reason: str) -> None:
         logger.debug("reward %s failed a sample (%s)", reward_name, reason[:500])
 
 
-def _run_with_timeout(fn: Any, samples: Sequence[RewardInput], timeout_s: float) -> tuple[bool, Any]:
-    """(finished, result-or-exception). A daemon thread, because Python cannot kill a running function.
+class RewardTimeout(BaseException):
+    """Raised inside a reward's thread when its batch ran out of time. A BaseException, so a reward's own
+    `except Exception` cannot swallow it."""
 
-    TODO(rewards): a timed-out batch keeps running in its thread until it returns; rewards that may hang
-    for ever should run out of process (sandbox.py or the remote scorer), which can actually be killed.
-    """
+
+_MAX_ABANDONED = 2
+"""Timed-out batches whose thread could not be stopped (blocked in native code) that may still run; while
+more are alive, new batches fail at once instead of piling up threads."""
+_GRACE_S = 0.5
+
+
+def _interrupt(thread: threading.Thread) -> None:
+    """Raises RewardTimeout in `thread` at its next Python bytecode (a loop in Python stops; a blocking call
+    in C stops when it returns)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(RewardTimeout))
+
+
+def _run_with_timeout(fn: Any, samples: Sequence[RewardInput], timeout_s: float,
+                      cancel: Any = None) -> tuple[bool, Any, threading.Thread]:
+    """(finished, result-or-exception, thread). Past the timeout the batch is stopped: `cancel()` (a scorer
+    that owns processes kills them) and RewardTimeout raised in its thread, then up to _GRACE_S to end."""
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
             box["result"] = fn(samples)
+        except RewardTimeout:
+            box["error"] = RewardTimeout()
         except BaseException as exc:  # noqa: BLE001 - reported as a failed batch, with its type
             box["error"] = exc
 
     thread = threading.Thread(target=target, name="reward-batch", daemon=True)
     thread.start()
     thread.join(timeout_s)
-    if thread.is_alive():
-        return False, None
-    return True, box.get("error", box.get("result"))
+    if not thread.is_alive():
+        return True, box.get("error", box.get("result")), thread
+    if cancel is not None:
+        try:
+            cancel()
+        except Exception:  # noqa: BLE001 - best effort; the async exception below still applies
+            logger.exception("reward cancel() failed")
+    deadline = time.monotonic() + _GRACE_S
+    while thread.is_alive() and time.monotonic() < deadline:
+        _interrupt(thread)
+        thread.join(0.05)
+    return False, None, thread
 
 
 class GuardedScorer:
@@ -75,6 +105,8 @@ class GuardedScorer:
     def __init__(self, raw: RawScorer, timeout_s: float | None) -> None:
         self.raw = raw
         self.timeout_s = timeout_s
+        self.abandoned: list[threading.Thread] = []
+        """Threads of timed-out batches that did not stop (blocked in native code); see _MAX_ABANDONED."""
         self.name = raw.name
         self.version = raw.version
         self.pass_threshold = raw.pass_threshold
@@ -97,9 +129,18 @@ class GuardedScorer:
             except Exception as exc:  # noqa: BLE001 - the point of the guard
                 outcome = exc
         else:
-            finished, outcome = _run_with_timeout(self.raw.score_batch, samples, self.timeout_s)
+            self.abandoned = [t for t in self.abandoned if t.is_alive()]
+            if len(self.abandoned) >= _MAX_ABANDONED:
+                return self._fail_all(len(samples), f"unavailable: {len(self.abandoned)} timed-out batches of this "
+                                      "reward are still running in native code and could not be stopped; fix the "
+                                      "reward (it blocks past timeout_s) or run it out of process (remote)")
+            finished, outcome, thread = _run_with_timeout(self.raw.score_batch, samples, self.timeout_s,
+                                                          getattr(self.raw, "cancel", None))
             if not finished:
-                return self._fail_all(len(samples), f"timeout: batch of {len(samples)} took > {self.timeout_s} s")
+                if thread.is_alive():
+                    self.abandoned.append(thread)
+                return self._fail_all(len(samples), f"timeout: batch of {len(samples)} took > {self.timeout_s} s"
+                                      + ("" if not thread.is_alive() else "; its thread is blocked in native code"))
         if isinstance(outcome, BaseException):
             return self._fail_all(len(samples), f"error: {type(outcome).__name__}: {outcome}")
         if not isinstance(outcome, (list, tuple)) or len(outcome) != len(samples):

@@ -86,8 +86,9 @@ class CallableReward:
     def score_batch(self, samples: Sequence[RewardInput]) -> list[Any]:
         keys = sorted({key for s in samples for key in s.metadata} - {"prompts", "completions"})
         columns = {key: [s.metadata.get(key) for s in samples] for key in keys}
-        return list(self.fn(prompts=[s.prompt for s in samples], completions=[s.completion for s in samples],
-                            **columns))
+        out = self.fn(prompts=[s.prompt for s in samples], completions=[s.completion for s in samples], **columns)
+        # a list-like answer becomes a list; anything else goes to the guard as is, to be named in its error
+        return list(out) if hasattr(out, "__iter__") and not isinstance(out, (str, bytes, dict)) else out
 
 
 @REWARDS.register("python_function")

@@ -16,6 +16,8 @@ loop (an async reward actor), where `asyncio.run` would fail.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -25,6 +27,8 @@ from typing import Any
 
 from rewards.base import REWARDS, Failure, RewardConfig, RewardInput, RewardResult, config_version
 from rl_platform.config import check
+
+logger = logging.getLogger(__name__)
 
 
 @REWARDS.register("remote")
@@ -39,8 +43,13 @@ class RemoteRewardConfig(RewardConfig):
     timeout_s: float | None = 600.0
     url: str = "http://127.0.0.1:8000"
     """Base URL of a `rewards.serve` server (POST {url}/score, GET {url}/health)."""
-    request_timeout_s: float = 30.0
-    """httpx timeout of one request (connect, read, write, pool)."""
+    request_timeout_s: float = 90.0
+    """httpx timeout of one request (connect, read, write, pool). It must exceed the server's own guard
+    (`timeout_s` in its /health, 60 s by default), or a slow batch is abandoned while the server still scores
+    it and then sent again; the client raises it to the server's guard + 10 s when it is shorter."""
+    token_env: str = "REWARD_SERVER_TOKEN"
+    """Environment variable holding the server's bearer token (the token itself never goes in a config,
+    which is written to the run directory); unset or empty: no Authorization header."""
     max_retries: int = 3
     """Retries after the first attempt, for connection errors, timeouts, 429 and 5xx."""
     backoff_s: float = 0.5
@@ -91,12 +100,34 @@ class RemoteScorer:
         self._lock = threading.Lock()
         self.num_requests = 0
         """Total POST attempts (for tests and throughput accounting)."""
+        token = os.environ.get(config.token_env, "").strip()
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout_s: float | None = None
+        """The per-request timeout in force, settled on the first contact with the server (see _timeout)."""
 
     def health(self) -> dict[str, Any]:
-        """The server's `{"status", "reward_name", "reward_version"}`; raises httpx errors as they come."""
-        response = self._client.get("/health")
+        """The server's `{"status", "reward_name", "reward_version", "timeout_s"}`; raises httpx errors."""
+        response = self._client.get("/health", headers=self._headers)
         response.raise_for_status()
         return response.json()
+
+    def _timeout(self) -> float:
+        """request_timeout_s, raised above the server's guard when the server says it is longer (asked once;
+        while the server is unreachable the configured value is used and it is asked again next time)."""
+        if self._timeout_s is not None:
+            return self._timeout_s
+        try:
+            server_guard = self.health().get("timeout_s")
+        except (self._httpx.HTTPError, ValueError):
+            return self.config.request_timeout_s
+        timeout = self.config.request_timeout_s
+        if isinstance(server_guard, (int, float)) and server_guard + 10 > timeout:
+            logger.warning("remote reward: request_timeout_s=%s is not longer than the server's guard (%s s); "
+                           "waiting %s s per request instead, so slow batches are answered, not re-sent",
+                           timeout, server_guard, server_guard + 10)
+            timeout = server_guard + 10
+        self._timeout_s = timeout
+        return timeout
 
     def _post(self, chunk: Sequence[RewardInput]) -> list[RewardResult | Failure]:
         body = {"samples": [{"prompt": s.prompt, "completion": s.completion, "metadata": s.metadata} for s in chunk]}
@@ -104,11 +135,14 @@ class RemoteScorer:
         last_error = ""
         for attempt in range(attempts):
             if attempt:
-                time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
+                wait = self.config.backoff_s * 2 ** (attempt - 1)
+                logger.warning("remote reward %s: attempt %d/%d failed (%s); retrying in %.1f s", self.config.url,
+                               attempt, attempts, last_error[:200], wait)
+                time.sleep(wait)
             with self._lock:
                 self.num_requests += 1
             try:
-                response = self._client.post("/score", json=body)
+                response = self._client.post("/score", json=body, headers=self._headers, timeout=self._timeout())
             except self._httpx.HTTPError as exc:  # connect/read/write/pool errors and timeouts
                 last_error = f"{type(exc).__name__}: {exc}"
                 continue

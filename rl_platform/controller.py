@@ -96,10 +96,15 @@ class ControllerConfig:
     max_staleness: int = 4
     """Versions a trained token may lag the learner; older samples are dropped and regenerated
     (`rollout/stale_dropped`). 4 as TRL's AsyncGRPO; urb with buffer_groups=N lags at most N."""
+    auto_resume: int = 0
+    """Times the job restarts its roles from the newest checkpoint when the learner fails (dies or raises);
+    0 stops the job with the checkpoint's path and the `--resume` command (docs/fault_tolerance.md)."""
 
     def __post_init__(self) -> None:
         check(self.max_staleness >= 0, "ControllerConfig.max_staleness", self.max_staleness, "must be >= 0",
               "use >= loop.rollout.buffer_groups (4 by default)")
+        check(self.auto_resume >= 0, "ControllerConfig.auto_resume", self.auto_resume, "must be >= 0",
+              "give the number of restarts to allow (0: stop and print the --resume command)")
         check(self.num_steps >= 1, "ControllerConfig.num_steps", self.num_steps, "must be >= 1", "use e.g. 40")
         check(self.num_prompts_per_step >= 1, "ControllerConfig.num_prompts_per_step", self.num_prompts_per_step,
               "must be >= 1", "use 8-64")

@@ -30,6 +30,7 @@ import torch
 
 from kernels.fused_logprobs import fused_logprobs
 from rl_platform.batching import TrainingBatch, build_training_batch
+from rl_platform.checkpointing import CheckpointError, CheckpointStore, checkpoint_to_load
 from rl_platform.config import ConfigError, check
 from rl_platform.losses import GRPOLossConfig, LossConfig, PolicyLossInputs
 from rl_platform.model import MoETransformer
@@ -316,13 +317,22 @@ class Learner:
             self._published_step = self.step
         return PolicyWeights.pack(self.version, self.policy.checkpoint_tensors())  # copies: safe to train on
 
-    def save_checkpoint(self, path: str, client_state: dict) -> None:
+    def save_checkpoint(self, path: str, client_state: dict) -> str:
+        """Commits an atomic checkpoint under `path`, tagged by `client_state["step"]` (the loop's step, which
+        advances even when the learner's does not); returns the checkpoint's directory."""
         state = {**client_state, "learner_step": self.step, "version": self.version,
                  "clipper": self.clipper.state_dict(), "torch_rng": torch.get_rng_state()}
-        self.engine.save_checkpoint(path, tag=f"step{self.step}", client_state=state)
+        step = int(client_state.get("step", self.step))
+        info = CheckpointStore(path).save(step, lambda staging, tag: self.engine.save_checkpoint(
+            str(staging), tag=tag, client_state=state, save_latest=False), meta=client_state)
+        return str(info.path)
 
     def load_checkpoint(self, path: str) -> dict:
-        _, state = self.engine.load_checkpoint(path)
+        """Loads a checkpoint directory, or the newest valid checkpoint of a checkpoints/<role> folder."""
+        target = checkpoint_to_load(path)
+        loaded, state = self.engine.load_checkpoint(str(target.parent), tag=target.name)
+        if loaded is None:
+            raise CheckpointError(f"DeepSpeed found no loadable checkpoint in {target}")
         self.step = int(state["learner_step"])
         self.version = int(state["version"])
         self._published_step = self.step  # the checkpoint is taken after the step's weights were published

@@ -3,13 +3,17 @@
 Every sample has a key (prompt id, sample index, epoch; rl_platform.types.SampleKey) and goes through
 
     issued(attempt a, engine e) -> generated(a) -> scored(a) -> consumed(a, step, outcome)
-                 \\-> dropped(a, reason) -> issued(a + 1, ...)        (too stale, engine lost, run ended)
+                 \\-> dropped(a, reason) -> issued(a + 1, ...)        (too stale, engine lost, run ended,
+                                                                    in flight at the checkpoint a run resumed from)
 
 The ledger checks each event against the key's history when it is recorded and raises LedgerError on the
 first violation, so a bug that would train a sample twice, score a dropped attempt or lose an owed request
 stops the run where it happens instead of skewing it silently. `consumed` means the sample reached the
 learner's batch decision: trained, left out (its group had no signal, or a hinted regeneration replaced it),
 or its reward failed. A run directory keeps every event in `ledger.jsonl`; `Ledger.replay(path)` re-checks a file.
+A resumed run continues the file (cut back to the checkpoint): `Ledger.continue_file` replays it and drops
+what the checkpoint still owed (reason `resumed`), so those samples are issued again under the next attempt
+and the whole file still reads exactly-once.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import IO, Literal
 from rl_platform.types import SampleKey
 
 Outcome = Literal["trained", "left_out", "failed_reward"]
-DropReason = Literal["stale", "engine_lost", "run_ended"]
+DropReason = Literal["stale", "engine_lost", "run_ended", "resumed"]
 
 
 class LedgerError(RuntimeError):
@@ -42,17 +46,16 @@ class Ledger:
     """In-memory state per key, optionally mirrored to a JSONL file.
 
     Example:
-        ledger = Ledger(Path("runs/x/ledger.jsonl"))
+        ledger = Ledger(run_dir.jsonl("ledger.jsonl"))
         ledger.issued(key, attempt=0, engine=0, version=3)
         ledger.generated(key, attempt=0, versions=(3, 4), num_tokens=17)
         ledger.scored(key, attempt=0, failed=False)
         ledger.consumed(key, attempt=0, step=5, outcome="trained")
     """
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path
-        # block-buffered (a line per event is thousands of writes per step); flush() at every step's end
-        self._file: IO[str] | None = open(path, "a") if path is not None else None
+    def __init__(self, sink: IO[str] | None = None) -> None:
+        self._file = sink
+        """Where events go, one JSON line each (RunDir.jsonl("ledger.jsonl"): checkpoints record its length)."""
         self._keys: dict[str, _History] = {}
         self.counts: Counter[str] = Counter()
 
@@ -90,6 +93,11 @@ class Ledger:
         self._write("consumed", key, attempt, step=step, outcome=outcome)
 
     # ------------------------------------------------------------------ queries
+    def next_attempt(self, key: SampleKey) -> int:
+        """The attempt number the key's next issue must carry (0 for a key never issued)."""
+        h = self._keys.get(str(key))
+        return 0 if h is None else h.attempt + 1
+
     def open_keys(self) -> list[SampleKey]:
         """Keys issued and neither consumed nor dropped (the loop still owes them)."""
         return [_parse(k) for k, h in self._keys.items() if h.state in ("owed", "generated", "scored")]
@@ -122,6 +130,16 @@ class Ledger:
                     getattr(ledger, kind)(key, attempt, **event)
                 except LedgerError as exc:
                     raise LedgerError(f"{path}:{number}: {exc}") from None
+        return ledger
+
+    @classmethod
+    def continue_file(cls, path: Path, sink: IO[str]) -> Ledger:
+        """The ledger of a run folder that may hold events already (a resumed run): replays `path`, then drops
+        every key still open (the checkpoint owed it; reason `resumed`) and appends further events to `sink`."""
+        ledger = cls.replay(path) if path.exists() else cls()
+        ledger._file = sink
+        for key in ledger.open_keys():
+            ledger.dropped(key, ledger._keys[str(key)].attempt, "resumed")
         return ledger
 
     def flush(self) -> None:

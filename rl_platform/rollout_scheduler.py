@@ -177,13 +177,15 @@ class RolloutScheduler:
         """Where the dataset cursor is and which admitted groups were not trained yet (for --resume)."""
         return {"next_position": self._next_position, "pending": sorted(g.position for g in self.buffer)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def resume(self, step: int, state: dict[str, Any] | None) -> None:
+        """Continues a checkpointed run at step `step`: `state` (from `state_dict`, None for a checkpoint
+        without one) names the groups to admit again before the dataset cursor moves on; their samples are
+        issued under the attempt the ledger says comes next."""
+        if state is None:
+            self._next_position = step * self.num_prompts
+            return
         self._readmit = list(state["pending"])
         self._next_position = int(state["next_position"])
-
-    def resume_at(self, step: int) -> None:
-        """A resumed run without scheduler state: the dataset cursor starts at step `step`'s groups."""
-        self._next_position = step * self.num_prompts
 
     # ------------------------------------------------------------------ admission and submission
     def _admit(self) -> None:
@@ -200,6 +202,7 @@ class RolloutScheduler:
                 self.stats.first_position = position
             group = GroupRecord(position=position, prompt=self._prompt(position), epoch=0, num_samples=G,
                                 step=self.mode.assign_step(position, self.num_prompts))
+            group.attempts = [self.ledger.next_attempt(group.key(i)) for i in range(G)]  # >0 after a resume
             self.buffer.add(group)
             self._issue(group, range(G))
 

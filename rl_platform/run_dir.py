@@ -3,8 +3,10 @@
     runs/<recipe>-<YYYYmmdd-HHMMSS>/
       config.json        the resolved config tree (after --set overrides)
       metrics.jsonl      one JSON object per step: {"step": n, "area/name": value, ...}
+      rollouts.jsonl     every scored sample (RL): text, reward and its provenance
       logs/              one log file per process role (driver, rollout, learner, ...)
-      checkpoints/       resumable state
+      checkpoints/       resumable state (rl_platform/checkpointing.py); each checkpoint records how long
+                         every *.jsonl above was, and a resume cuts them back to that
       report/            PNG figures and summary.md written at the end
       wandb/             the wandb run (offline unless WANDB_MODE says otherwise)
 """
@@ -54,7 +56,8 @@ class RunDir:
         self.config = config
         self._wandb = wandb_run
         self._log_handler = log_handler
-        self._metrics = open(path / "metrics.jsonl", "a", buffering=1)
+        self._jsonl: dict[str, Any] = {}
+        self.jsonl("metrics.jsonl")
 
     @classmethod
     def create(cls, run_config: RunConfig, recipe: str, config: Any) -> RunDir:
@@ -82,25 +85,52 @@ class RunDir:
         if bad:
             raise ValueError(f"metric keys must be 'area/name'; got {bad}")
         clean = {k: _json_number(v) for k, v in metrics.items()}
-        self._metrics.write(json.dumps({"step": step, **clean}) + "\n")
+        self.jsonl("metrics.jsonl").write(json.dumps({"step": step, **clean}) + "\n")
         if self._wandb is not None:
             self._wandb.log(clean, step=step)
 
     def log_rollouts(self, step: int, rollouts: list[Any]) -> None:
         """Appends every scored sample of a step to rollouts.jsonl: text, reward and its provenance."""
-        with open(self.path / "rollouts.jsonl", "a") as f:
-            for r in rollouts:
-                reward = r.reward
-                f.write(json.dumps({
-                    "step": step, "prompt_id": r.prompt.prompt_id, "sample": r.completion.sample_index,
-                    "policy_version": r.completion.policy_version, "completion": r.completion.text,
-                    "finish_reason": r.completion.finish_reason, "reward": reward.value, "failed": reward.failed,
-                    "reason": reward.reason, "reward_name": reward.reward_name,
-                    "reward_version": reward.reward_version, "shadow_reward": reward.shadow_value,
-                }) + "\n")
+        f = self.jsonl("rollouts.jsonl")
+        for r in rollouts:
+            reward = r.reward
+            f.write(json.dumps({
+                "step": step, "prompt_id": r.prompt.prompt_id, "sample": r.completion.sample_index,
+                "policy_version": r.completion.policy_version, "completion": r.completion.text,
+                "finish_reason": r.completion.finish_reason, "reward": reward.value, "failed": reward.failed,
+                "reason": reward.reason, "reward_name": reward.reward_name,
+                "reward_version": reward.reward_version, "shadow_reward": reward.shadow_value,
+            }) + "\n")
+        f.flush()
+
+    def jsonl(self, name: str) -> Any:
+        """The run's append-only handle on `name` (a `*.jsonl` file in the run folder), opened once.
+
+        Every step-keyed log of a run goes through here (metrics, rollouts, the sample ledger), so that a
+        checkpoint can record how far each file had got (`jsonl_offsets`) and a resume can cut what came
+        after it (`truncate_jsonl`): after a crash and `--resume`, no row is counted twice."""
+        if not name.endswith(".jsonl") or "/" in name:
+            raise ValueError(f"RunDir.jsonl: {name!r} must be a plain '<name>.jsonl' file name")
+        if name not in self._jsonl:
+            self._jsonl[name] = open(self.path / name, "a", buffering=1)
+        return self._jsonl[name]
+
+    def jsonl_offsets(self) -> dict[str, int]:
+        """Byte size of every `*.jsonl` in the run folder, after flushing this process's handles."""
+        for handle in self._jsonl.values():
+            handle.flush()
+            os.fsync(handle.fileno())
+        return {p.name: p.stat().st_size for p in sorted(self.path.glob("*.jsonl"))}
+
+    def truncate_jsonl(self, offsets: dict[str, int]) -> dict[str, int]:
+        """Cuts every `*.jsonl` back to `offsets` (a file the checkpoint did not know: to empty); returns the
+        bytes removed per file. Rows past a checkpoint belong to steps that will run again."""
+        return truncate_jsonl(self.path, offsets, handles=self._jsonl)
 
     def close(self) -> None:
-        self._metrics.close()
+        for handle in self._jsonl.values():
+            handle.close()
+        self._jsonl.clear()
         if self._log_handler is not None:
             logging.getLogger().removeHandler(self._log_handler)
             self._log_handler.close()
@@ -108,6 +138,25 @@ class RunDir:
         if self._wandb is not None:
             self._wandb.finish()
             self._wandb = None
+
+
+def truncate_jsonl(path: Path, offsets: dict[str, int], handles: dict[str, Any] | None = None) -> dict[str, int]:
+    """`RunDir.truncate_jsonl` for a run folder `path` (usable without opening the run)."""
+    removed = {}
+    for handle in (handles or {}).values():
+        handle.flush()
+    for file in sorted(path.glob("*.jsonl")):
+        size = file.stat().st_size
+        keep = int(offsets.get(file.name, 0))
+        if keep > size:
+            raise RuntimeError(f"{file} has {size} bytes but the checkpoint recorded {keep}: the file was "
+                               "edited or replaced after the checkpoint; restore it or start a new run")
+        if keep < size:
+            os.truncate(file, keep)
+            removed[file.name] = size - keep
+            logger.info("resume: cut %s back to %d bytes (%d bytes written after the checkpoint)", file.name, keep,
+                        size - keep)
+    return removed
 
 
 def default_run_path(recipe: str) -> Path:

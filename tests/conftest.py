@@ -13,3 +13,17 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # the interpreter. Processes that run vLLM inherit it, which only makes kernels that the vLLM-CPU stand-ins
 # do not cover fall back to the (slow, correct) interpreter instead of raising.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+FAST_TIMEOUT_S, SLOW_TIMEOUT_S = 600, 2400
+
+
+def pytest_collection_modifyitems(config, items):
+    """A per-test timeout for every test that does not set its own: a hung engine fails, CI goes on. Generous,
+    because the first DeepSpeed learner of a run compiles a C++ op (minutes on a loaded 2-core machine)."""
+    import pytest
+
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            slow = item.get_closest_marker("slow") is not None
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S if slow else FAST_TIMEOUT_S))

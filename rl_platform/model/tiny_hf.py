@@ -30,8 +30,9 @@ class TinyHFConfig:
     vocab_size: int = 320
     hidden_size: int = 64
     num_layers: int = 3
-    num_heads: int = 4
-    num_kv_heads: int = 2
+    num_heads: int = 2
+    """hidden_size / num_heads is the head dim: vLLM's CPU attention needs 32 or more (16 is refused)."""
+    num_kv_heads: int = 1
     num_experts: int = 8
     top_k: int = 2
     expert_ffn_dim: int = 32

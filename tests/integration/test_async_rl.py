@@ -46,7 +46,7 @@ def run(smoke_base_model, tmp_path_factory):
         batches.append((controller.policy_version, rollouts, list(zip(newest, learner, strict=True))))
 
     controller = Controller(generator, scorer, trainer, prompts.train_batch, config.loop, config.sampling,
-                            record_rollouts=record, ledger=Ledger(path))
+                            record_rollouts=record, ledger=Ledger(open(path, "a")))
     history = [controller.run_step(step) for step in range(NUM_STEPS)]
     controller.close()
     controller.scheduler.ledger.close()

@@ -48,3 +48,35 @@ def test_only_actors_and_jobs_import_ray_at_module_level(package):
             if any(n.split(".")[0] == "ray" for n in names):
                 offenders.append(str(path.relative_to(ROOT)))
     assert not offenders
+
+
+def _package_graph(package: str) -> dict[str, set[str]]:
+    """module -> modules of the same package it imports anywhere in its source (function bodies too)."""
+    graph = {}
+    for path in sorted((ROOT / package).glob("*.py")):
+        module = f"{package}.{path.stem}"
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(f"{package}."):
+                edges.add(node.module)
+            elif isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name.startswith(f"{package}.")}
+        graph[module] = edges - {module}
+    return graph
+
+
+@pytest.mark.parametrize("package", ["rewards"])
+def test_no_import_cycle_inside_the_package(package):
+    graph = _package_graph(package)
+    cycles = []
+
+    def visit(module, stack):
+        if module in stack:
+            cycles.append(" -> ".join([*stack[stack.index(module):], module]))
+            return
+        for nxt in sorted(graph.get(module, ())):
+            visit(nxt, [*stack, module])
+
+    for module in graph:
+        visit(module, [])
+    assert not cycles, "import cycles (deferred imports included):\n" + "\n".join(sorted(set(cycles))[:10])

@@ -18,7 +18,7 @@ def _full(ledger: Ledger, key: SampleKey, attempt: int = 0, step: int = 0) -> No
 
 
 def test_a_retried_sample_is_consumed_once_and_the_file_replays(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.jsonl")
+    ledger = Ledger(open(tmp_path / "ledger.jsonl", "a"))
     ledger.issued(KEY, 0, engine=0, version=0)
     ledger.generated(KEY, 0, versions=(0, 0), num_tokens=3)
     ledger.dropped(KEY, 0, "stale")
@@ -66,7 +66,7 @@ def test_an_owed_sample_at_the_end_fails_the_closing_check():
 
 def test_replay_names_the_line_of_a_violation(tmp_path):
     path = tmp_path / "ledger.jsonl"
-    ledger = Ledger(path)
+    ledger = Ledger(open(path, "a"))
     _full(ledger, KEY)
     ledger.close()
     with open(path, "a") as f:  # a trained sample recorded twice, as a double-counting resume would
@@ -78,7 +78,7 @@ def test_replay_names_the_line_of_a_violation(tmp_path):
 
 def test_keys_with_separators_in_the_prompt_id_round_trip(tmp_path):
     key = SampleKey(prompt_id="code/a#b@c", sample_index=11, epoch=2)
-    ledger = Ledger(tmp_path / "l.jsonl")
+    ledger = Ledger(open(tmp_path / "l.jsonl", "a"))
     _full(ledger, key)
     ledger.close()
     assert Ledger.replay(tmp_path / "l.jsonl").summary()["consumed_keys"] == 1

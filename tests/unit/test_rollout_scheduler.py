@@ -134,7 +134,7 @@ def test_dataset_order_modes_show_no_length_bias_and_april_does():
 @pytest.mark.parametrize("mode", [SyncRolloutConfig(), URBRolloutConfig(buffer_groups=2),
                                   AprilRolloutConfig(buffer_groups=2)])
 def test_every_sample_is_generated_scored_and_consumed_once_over_a_run(tmp_path, mode):
-    ledger = Ledger(tmp_path / "ledger.jsonl")
+    ledger = Ledger(open(tmp_path / "ledger.jsonl", "a"))
     gen, scorer, trainer = FakeGenerator(length_of=lambda key: 1 + (hash(str(key)) % 5)), FakeScorer(), FakeTrainer()
     controller = Controller(gen, scorer, trainer, prompts, ControllerConfig(num_prompts_per_step=3, rollout=mode),
                             SamplingConfig(num_samples_per_prompt=4, seed=0), ledger=ledger)
@@ -201,3 +201,38 @@ def test_samples_owed_by_a_lost_engine_are_reissued_to_another_under_the_same_ke
     assert ledger.summary()["dropped_engine_lost"] == 2
     with pytest.raises(RuntimeError, match="no engine left"):
         scheduler.reissue_owed(0)
+
+
+@pytest.mark.parametrize("mode", [SyncRolloutConfig(), URBRolloutConfig(buffer_groups=2)])
+def test_a_resumed_run_continues_the_ledger_and_trains_every_group_once(tmp_path, mode):
+    # a checkpoint after step 2 records the ledger's length and the scheduler state; the run goes on (its rows
+    # after the checkpoint are cut by the resume), then a new controller resumes from the checkpoint
+    path = tmp_path / "ledger.jsonl"
+    config = ControllerConfig(num_prompts_per_step=2, rollout=mode)
+    sampling = SamplingConfig(num_samples_per_prompt=2, seed=0)
+    first = Controller(FakeGenerator(length_of=lambda key: 1 + key.sample_index), FakeScorer(), FakeTrainer(),
+                       prompts, config, sampling, ledger=Ledger(open(path, "a")))
+    for step in range(2):
+        first.run_step(step)
+    first.scheduler.ledger.flush()
+    offset, state = path.stat().st_size, first.scheduler.state_dict()
+    first.run_step(2)  # lost with the crash
+    first.scheduler.ledger.close()
+    with open(path, "r+") as f:
+        f.truncate(offset)
+    ledger = Ledger.continue_file(path, open(path, "a"))
+    if mode.overlap:
+        assert ledger.summary()["dropped_resumed"] == 2 * 2 * 2  # the pool held steps 2 and 3's groups
+    trainer = FakeTrainer()
+    resumed = Controller(FakeGenerator(length_of=lambda key: 1 + key.sample_index), FakeScorer(), trainer,
+                         prompts, config, sampling, ledger=ledger)
+    resumed.scheduler.resume(2, state)
+    for step in range(2, 4):
+        resumed.run_step(step)
+    resumed.close()
+    ledger.close()
+    replayed = Ledger.replay(path)
+    replayed.check_closed()
+    assert replayed.summary()["consumed_keys"] == 4 * 2 * 2
+    trained_ids = [r.prompt.prompt_id for rollouts, _ in trainer.seen for r in rollouts]
+    assert sorted(set(trained_ids)) == ["train/2.0", "train/2.1", "train/3.0", "train/3.1"]
