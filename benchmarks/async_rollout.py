@@ -73,7 +73,11 @@ def run_mode(name: str, args: argparse.Namespace, base: Path) -> dict:
     lengths: list[list[int]] = []
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     try:
-        roles = start_roles(model_path=str(base), rollout=config.rollout, learner=config.learner,
+        # as jobs.rl builds it: the loss scores the sampling temperature; async modes train with TIS
+        learner = dataclasses.replace(config.learner, temperature=config.sampling.temperature,
+                                      schedule_steps=(args.warmup + args.steps) * config.learner.num_minibatches,
+                                      loss=config.loop.rollout.with_default_correction(config.learner.loss))
+        roles = start_roles(model_path=str(base), rollout=config.rollout, learner=learner,
                             reward_config=config.reward, resources=config.resources, seed=0,
                             overlap=config.loop.rollout.overlap)
         controller = Controller(*roles, LongTailPrompts(load_tokenizer(base), seed=0), config.loop,
