@@ -41,7 +41,9 @@ class RolloutStats:
         self.scoring_seconds = 0.0
         self.stale_dropped = 0
         self._busy = [0.0] * num_engines
-        self._busy_at_step_start = [0.0] * num_engines
+        # Engines count busy seconds since they started (earlier runs on a shared engine, an evaluation before
+        # step 1): this run's first window starts at its first poll, never at the engine's birth.
+        self._busy_at_step_start: list[float] | None = None
         self._tokens = 0
         self._step_start = clock()
         self._trained_samples = 0
@@ -54,6 +56,8 @@ class RolloutStats:
 
     def on_poll(self, polled: GeneratorPoll) -> None:
         self._busy = list(polled.busy_seconds)
+        if self._busy_at_step_start is None:
+            self._busy_at_step_start = list(self._busy)
         self._tokens += sum(len(c.token_ids) for c in polled.completions)
 
     def on_done(self, group: GroupRecord) -> None:
@@ -79,7 +83,8 @@ class RolloutStats:
         """Metrics of the step that ends now (wall time since the previous call)."""
         now = self.clock()
         wall = max(now - self._step_start, 1e-9)
-        busy = [(b - b0) / wall for b, b0 in zip(self._busy, self._busy_at_step_start, strict=True)]
+        start = self._busy if self._busy_at_step_start is None else self._busy_at_step_start
+        busy = [(b - b0) / wall for b, b0 in zip(self._busy, start, strict=True)]
         metrics = {
             "perf/engine_busy_frac": statistics.fmean(busy) if busy else 0.0,
             "perf/samples_per_s": self._trained_samples / wall,

@@ -236,3 +236,19 @@ def test_a_resumed_run_continues_the_ledger_and_trains_every_group_once(tmp_path
     assert replayed.summary()["consumed_keys"] == 4 * 2 * 2
     trained_ids = [r.prompt.prompt_id for rollouts, _ in trainer.seen for r in rollouts]
     assert sorted(set(trained_ids)) == ["train/2.0", "train/2.1", "train/3.0", "train/3.1"]
+
+
+def test_engine_busy_fraction_counts_only_this_runs_window():
+    """An engine that worked before the run (a shared engine, an evaluation) must not push busy_frac past 1."""
+    from rl_platform.rollout_stats import RolloutStats
+    from rl_platform.types import GeneratorPoll
+
+    now = [0.0]
+    stats = RolloutStats(num_engines=1, clock=lambda: now[0])
+    stats.on_poll(GeneratorPoll(completions=[], busy_seconds=[100.0], versions=[0]))  # 100 s from before the run
+    now[0] = 10.0
+    stats.on_poll(GeneratorPoll(completions=[], busy_seconds=[108.0], versions=[0]))
+    assert stats.end_step()["perf/engine_busy_frac"] == pytest.approx(0.8)
+    now[0] = 20.0
+    stats.on_poll(GeneratorPoll(completions=[], busy_seconds=[113.0], versions=[0]))
+    assert stats.end_step()["perf/engine_busy_frac"] == pytest.approx(0.5)
