@@ -91,6 +91,7 @@ class RemoteGenerator:
         self._polls: dict[Any, int] = {}
         """Outstanding poll ObjectRef -> engine index."""
         self._busy = [0.0] * len(handles)
+        self._clocks = [0.0] * len(handles)
         self._versions = [0] * len(handles)
         self._submits: list[Any] = []
         self._loads: dict[Any, tuple[int, int]] = {}
@@ -121,9 +122,10 @@ class RemoteGenerator:
             engine = self._polls.pop(ref)
             result: GeneratorPoll = ray.get(ref)
             completions += result.completions
-            self._busy[engine] = result.busy_seconds[0]
+            self._busy[engine], self._clocks[engine] = result.busy_seconds[0], result.clock_seconds[0]
             self._versions[engine] = max(self._versions[engine], result.versions[0])
-        return GeneratorPoll(completions=completions, busy_seconds=list(self._busy), versions=list(self._versions))
+        return GeneratorPoll(completions=completions, busy_seconds=list(self._busy), clock_seconds=list(self._clocks),
+                             versions=list(self._versions))
 
     def generate(self, prompts: Sequence[Prompt], sampling: Any) -> list[list[Completion]]:
         self._collect_loads(timeout=None)  # the batch must run on the newest weights

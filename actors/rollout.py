@@ -187,7 +187,8 @@ class RolloutWorker:
             self._cond.wait_for(lambda: self._finished or self._error is not None, timeout=max_wait_s)
             self._raise_if_dead()
             out, self._finished = self._finished, []
-        return GeneratorPoll(completions=out, busy_seconds=[self.engine.busy_seconds], versions=[self.engine.version])
+        return GeneratorPoll(completions=out, busy_seconds=[self.engine.busy_seconds],
+                             clock_seconds=[time.monotonic()], versions=[self.engine.version])
 
     def load_weights(self, weights: PolicyWeights) -> float:
         """Serves `weights.version` from the next engine step on; in-flight requests continue under it."""

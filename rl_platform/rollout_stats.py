@@ -8,7 +8,8 @@
                                   dataset order); 0 by construction for sync and urb, APRIL's length bias shows
                                   here. Reported step by step in order, once a step's dataset-order groups
                                   have all finished (`rollout/length_ks_lag` steps late; APRIL finishes late).
-    perf/engine_busy_frac         share of the step's wall time the engines spent in engine steps with work
+    perf/engine_busy_frac         share of the time the engines spent in engine steps with work, on each engine's
+                                  own clock between its reports nearest the previous and this step's end
     perf/samples_per_s            trained samples per second of wall time
     perf/generate_tokens_per_s    tokens the engines finished per second of wall time
     timing/score                  seconds spent scoring during the step
@@ -40,10 +41,13 @@ class RolloutStats:
         self.clock = clock
         self.scoring_seconds = 0.0
         self.stale_dropped = 0
+        # Each engine's latest report: cumulative busy seconds and the engine's clock when it read them. Engines
+        # count from their start (earlier runs on a shared engine, an evaluation before step 1), so this run's
+        # first window opens at its first report.
         self._busy = [0.0] * num_engines
-        # Engines count busy seconds since they started (earlier runs on a shared engine, an evaluation before
-        # step 1): this run's first window starts at its first poll, never at the engine's birth.
-        self._busy_at_step_start: list[float] | None = None
+        self._engine_clock = [0.0] * num_engines
+        self._at_step_start: tuple[list[float], list[float]] | None = None
+        self._busy_frac = 0.0
         self._tokens = 0
         self._step_start = clock()
         self._trained_samples = 0
@@ -55,9 +59,9 @@ class RolloutStats:
         self._release_metrics: dict[str, float] = {}
 
     def on_poll(self, polled: GeneratorPoll) -> None:
-        self._busy = list(polled.busy_seconds)
-        if self._busy_at_step_start is None:
-            self._busy_at_step_start = list(self._busy)
+        self._busy, self._engine_clock = list(polled.busy_seconds), list(polled.clock_seconds)
+        if self._at_step_start is None:
+            self._at_step_start = (list(self._busy), list(self._engine_clock))
         self._tokens += sum(len(c.token_ids) for c in polled.completions)
 
     def on_done(self, group: GroupRecord) -> None:
@@ -83,17 +87,24 @@ class RolloutStats:
         """Metrics of the step that ends now (wall time since the previous call)."""
         now = self.clock()
         wall = max(now - self._step_start, 1e-9)
-        start = self._busy if self._busy_at_step_start is None else self._busy_at_step_start
-        busy = [(b - b0) / wall for b, b0 in zip(self._busy, start, strict=True)]
+        # Busy share of each engine between its reports nearest the previous and this step end, on the engine's
+        # own clock (<= 1 by construction); a step in which no engine reported repeats the previous value.
+        busy0, clock0 = self._at_step_start or (self._busy, self._engine_clock)
+        busy = [(b - b_0) / (c - c_0) for b, b_0, c, c_0 in
+                zip(self._busy, busy0, self._engine_clock, clock0, strict=True) if c > c_0]
+        if busy:
+            self._busy_frac = statistics.fmean(busy)
         metrics = {
-            "perf/engine_busy_frac": statistics.fmean(busy) if busy else 0.0,
+            "perf/engine_busy_frac": self._busy_frac,
             "perf/samples_per_s": self._trained_samples / wall,
             "perf/generate_tokens_per_s": self._tokens / wall,
             "perf/step_wall_seconds": wall,
             "rollout/stale_dropped": float(self.stale_dropped),
             "timing/score": self.scoring_seconds,
         }
-        self._step_start, self._busy_at_step_start = now, list(self._busy)
+        self._step_start = now
+        if self._at_step_start is not None:  # before the first report there is no window to close
+            self._at_step_start = (list(self._busy), list(self._engine_clock))
         self._tokens = self._trained_samples = self.stale_dropped = 0
         self.scoring_seconds = 0.0
         return metrics

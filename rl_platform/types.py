@@ -129,12 +129,16 @@ class GeneratorPoll:
     """What the engines finished since the previous poll, and how busy they have been.
 
     Example:
-        GeneratorPoll(completions=[completion], busy_seconds=[12.5, 11.9], versions=[4, 4])
+        GeneratorPoll(completions=[completion], busy_seconds=[12.5, 11.9], clock_seconds=[301.0, 300.2],
+                      versions=[4, 4])
     """
 
     completions: list[Completion]
     busy_seconds: list[float]
     """[num_engines] cumulative seconds each engine has spent in engine steps that had work."""
+    clock_seconds: list[float]
+    """[num_engines] each engine's own monotonic clock when it read busy_seconds: a report can reach the driver
+    long after it was taken (the driver was training), so busy fractions divide by the engine's clock."""
     versions: list[int]
     """[num_engines] the policy version each engine serves (the last weight update it has applied)."""
 

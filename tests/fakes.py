@@ -24,6 +24,8 @@ class FakeGenerator:
         self._in_flight: dict[SampleKey, list[int]] = {}
         self._engine_of: dict[SampleKey, int] = {}
         self.busy = [0.0] * num_engines
+        self.clock = 0.0
+        """The engines' clock: one second per fake engine step, busy or not."""
 
     def submit(self, engine, requests, sampling):
         for r in requests:
@@ -41,12 +43,14 @@ class FakeGenerator:
             if len(versions) >= self.length_of(key):
                 done.append(self._completion(key, versions))
                 del self._in_flight[key]
-        return GeneratorPoll(completions=done, busy_seconds=list(self.busy), versions=[self.version] * self.num_engines)
+        return GeneratorPoll(completions=done, busy_seconds=list(self.busy),
+                             clock_seconds=[self.clock] * self.num_engines, versions=[self.version] * self.num_engines)
 
     def _step(self) -> None:
+        self.clock += 1.0
         for key, versions in self._in_flight.items():
             versions.append(self.version)
-            self.busy[self._engine_of[key]] += 1.0
+            self.busy[self._engine_of[key]] = min(self.busy[self._engine_of[key]] + 1.0, self.clock)
 
     def abort(self, engine, keys):
         for key in keys:

@@ -40,7 +40,8 @@ def run(smoke_base_model, tmp_path_factory):
     batches = []  # (learner version, rollouts, learner's teacher-forced log-probs) before each update
 
     def record(step, rollouts):
-        newest = [r for r in rollouts if r.completion.policy_versions[-1] == controller.policy_version][:4]
+        newest = [r for r in rollouts if r.completion.policy_versions[-1] == controller.policy_version]
+        newest = sorted(newest, key=lambda r: not r.completion.is_partial)[:4]  # partial ones hold older tokens
         learner = [trainer.call("teacher_forced_logprobs", r.prompt.token_ids + r.completion.token_ids)
                    [len(r.prompt.token_ids) - 1:] for r in newest]
         batches.append((controller.policy_version, rollouts, list(zip(newest, learner, strict=True))))

@@ -238,20 +238,29 @@ def test_a_resumed_run_continues_the_ledger_and_trains_every_group_once(tmp_path
     assert sorted(set(trained_ids)) == ["train/2.0", "train/2.1", "train/3.0", "train/3.1"]
 
 
-def test_engine_busy_fraction_counts_only_this_runs_window():
-    """An engine that worked before the run (a shared engine, an evaluation) must not push busy_frac past 1."""
+def test_engine_busy_fraction_counts_only_this_runs_window_on_the_engines_clock():
+    """Work from before the run (a shared engine, an evaluation) and reports that reach the driver late (it was
+    training) must not push busy_frac past 1: the fraction divides by the engine's own clock."""
     from rl_platform.rollout_stats import RolloutStats
     from rl_platform.types import GeneratorPoll
 
     now = [0.0]
     stats = RolloutStats(num_engines=1, clock=lambda: now[0])
-    stats.on_poll(GeneratorPoll(completions=[], busy_seconds=[100.0], versions=[0]))  # 100 s from before the run
+
+    def report(busy, engine_clock):
+        stats.on_poll(GeneratorPoll(completions=[], busy_seconds=[busy], clock_seconds=[engine_clock], versions=[0]))
+
+    report(100.0, 500.0)  # 100 s busy from before the run
     now[0] = 10.0
-    stats.on_poll(GeneratorPoll(completions=[], busy_seconds=[108.0], versions=[0]))
+    report(108.0, 510.0)
     assert stats.end_step()["perf/engine_busy_frac"] == pytest.approx(0.8)
-    now[0] = 20.0
-    stats.on_poll(GeneratorPoll(completions=[], busy_seconds=[113.0], versions=[0]))
-    assert stats.end_step()["perf/engine_busy_frac"] == pytest.approx(0.5)
+    now[0] = 11.0  # this report was taken 9 s before it arrived; the driver's 1 s window would say 4.0
+    report(112.0, 515.0)
+    assert stats.end_step()["perf/engine_busy_frac"] == pytest.approx(0.8)
+    now[0] = 20.0  # no report during this step: the previous value stands
+    assert stats.end_step()["perf/engine_busy_frac"] == pytest.approx(0.8)
+    report(113.0, 525.0)
+    assert stats.end_step()["perf/engine_busy_frac"] == pytest.approx(0.1)
 
 
 def test_asking_for_a_step_the_pool_does_not_hold_is_an_error_not_a_hang():
