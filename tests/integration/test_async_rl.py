@@ -25,11 +25,11 @@ NUM_STEPS = 3
 def run(smoke_base_model, tmp_path_factory):
     config = grpo_smoke()
     config.reward = PythonFunctionConfig(path="tests.rl_helpers:digit_count_reward")
-    config.loop = dataclasses.replace(config.loop, rollout=URBRolloutConfig(buffer_groups=2), max_staleness=2)
-    # long responses and a narrow engine (8 sequences at a time): the engine is always mid-response when a
-    # weight update arrives, so every update lands while requests are in flight
-    config.sampling = dataclasses.replace(config.sampling, max_tokens=32, ignore_eos=True)
-    config.rollout.max_num_seqs = 8
+    config.loop = dataclasses.replace(config.loop, rollout=URBRolloutConfig(buffer_groups=3), max_staleness=2)
+    # a pool three steps deep and a narrow engine (2 sequences at a time, 48 tokens each): the engine has a
+    # backlog of responses whatever the machine's load, so every weight update lands while requests are in flight
+    config.sampling = dataclasses.replace(config.sampling, max_tokens=48, ignore_eos=True)
+    config.rollout.max_num_seqs = 2
     ray.init(num_cpus=2, include_dashboard=False)
     learner = dataclasses.replace(config.learner, loss=config.loop.rollout.with_default_correction(config.learner.loss))
     generator, scorer, trainer = start_roles(model_path=str(smoke_base_model), rollout=config.rollout,
