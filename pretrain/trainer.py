@@ -174,7 +174,7 @@ class PretrainTrainer:
             "elastic/full_model_frac": shapes["full"],
         } | step_balance_metrics(loads_LE, bias_LE, speed)
 
-    def train(self, resume: bool = False, resume_hint: str = "", stop=None) -> list[dict[str, float]]:
+    def train(self, *, resume: bool = False, resume_hint: str = "", stop=None) -> list[dict[str, float]]:
         """Runs the whole step budget (continuing from the checkpoint when `resume`); raises SafetyCapExceeded,
         after checkpointing, if that takes longer than loop.max_minutes. `stop` (a GracefulStop) ends it after
         the current step."""

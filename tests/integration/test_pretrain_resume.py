@@ -54,7 +54,7 @@ def test_stop_signal_checkpoints_and_the_resume_continues_without_duplicate_rows
     run = RunDir.create(RunConfig(run_dir=str(tmp_path / "run"), use_wandb=False), "pretrain_smoke", config)
     try:
         stopped = PretrainTrainer(config, tokenizer, run.path, run.log_metrics, run_files=run)
-        stopped.train(_StopAfter(stopped, 2))
+        stopped.train(stop=_StopAfter(stopped, 2))
         assert stopped.stopped_by == "received SIGTERM" and stopped.step == 2
         assert (run.path / "checkpoints" / "pretrain" / "step-00000002" / "manifest.json").exists()
         run.log_metrics(3, {"train/loss": 9.9})  # a row written after the checkpoint, as by a crash
