@@ -5,7 +5,7 @@
 - `train/logprob_abs_diff_mean|max`: |log pi_train - log pi_infer| over scored tokens;
 - `moe/extreme_token_frac_tau2`: F(tau=2), the share of tokens with max(r, 1/r) > 2;
 - `train/kl_train_infer_tokens`: how many tokens the three above average over (only the rows the step trains
-  on: a step with few informative groups has a noisy estimate, docs/routing_replay.md, 'Results');
+  on: a step with few informative groups has a noisy estimate, docs/routing_replay.md, 'Study');
 - `moe/route_mismatch_layer{l}`: share of (token, layer l) whose expert SET differs between two routings
   (order within top-k is irrelevant), l the decoder layer (dense layers have no routes and no metric);
   `moe/route_mismatch` over all MoE layers;

@@ -1,6 +1,6 @@
 """What makes a step's train-inference KL high, from its dump alone (no weights, no model): how many tokens carry
 it, how probable those tokens were when the engine sampled them, and whether a route flip precedes them
-(docs/routing_replay.md, 'Results').
+(docs/routing_replay.md, 'Study').
 
 The per-step KL is a mean over the step's scored tokens, so one token with |log r| ~ 1 among ~1000 moves it by
 ~5e-4. A spike is "a few tokens" when `tokens_for_half_kl` is small; those tokens are "improbable samples"
