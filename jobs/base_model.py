@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from jobs.cli import flatten
+from jobs.preflight import check_base_model
 from jobs.recipes import recipes_for
 from jobs.rl_config import BaseModelConfig
 from pretrain.stage import run_pretraining
 from rl_platform.checkpointing import CheckpointStore
-from rl_platform.config import ConfigError, config_to_dict
+from rl_platform.config import ConfigError, apply_overrides, config_to_dict
+from rl_platform.model.adapter import layer_map_from_dir
 from rl_platform.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
@@ -51,17 +53,27 @@ def cache_dir_for(config: BaseModelConfig) -> tuple[Path, Any]:
     if config.pretrain_recipe not in recipes:
         raise ConfigError(f"base_model.pretrain_recipe={config.pretrain_recipe!r} is unknown; "
                           f"choose one of {sorted(recipes)}")
-    pretrain_config = recipes[config.pretrain_recipe]()
+    try:
+        pretrain_config = apply_overrides(recipes[config.pretrain_recipe](), list(config.pretrain_overrides))
+        pretrain_config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"base_model.pretrain_overrides={','.join(config.pretrain_overrides)!r}: {exc}") from None
     digest = hashlib.sha1(json.dumps(cache_key(pretrain_config), sort_keys=True).encode()).hexdigest()[:10]
     return Path(config.cache_dir) / f"{config.pretrain_recipe}-{digest}", pretrain_config
 
 
 def describe_base_model(config: BaseModelConfig) -> str:
-    """One line saying where the base model comes from; raises ConfigError for a bad path or recipe."""
+    """One line saying where the base model comes from; raises ConfigError for a missing model, a bad path,
+    an unsupported architecture or an unknown recipe."""
+    if not config.path and not config.pretrain_recipe:
+        raise ConfigError("base_model: this recipe needs a model: --set base_model.path=<a Hugging Face MoE "
+                          "directory>")
     if config.path:
-        if not (Path(config.path) / "config.json").exists():
-            raise ConfigError(f"base_model.path={config.path!r} has no config.json; give an exported HF "
-                              "directory (e.g. <run>/models/policy) or leave it empty to pretrain one")
+        # a model of an unsupported architecture is refused as such, before its files are checked
+        if _declared_architectures(Path(config.path) / "config.json"):
+            _check_architecture(config.path)
+        check_base_model(config.path)  # config, weights and tokenizer readable, tokenizer fits the model
+        _check_architecture(config.path)
         return f"{config.path} (given)"
     root, pretrain_config = cache_dir_for(config)
     if (root / "models" / "family.json").exists():
@@ -69,7 +81,8 @@ def describe_base_model(config: BaseModelConfig) -> str:
     loop = pretrain_config.loop
     cap = f", safety cap {loop.max_minutes:g} min" if loop.max_minutes else ""
     state = "resumes its unfinished pretraining" if _has_checkpoint(root) else "pretrains it first"
-    return (f"{root / 'models' / 'full'} is not cached: {state} (recipe {config.pretrain_recipe}, "
+    overrides = f" with {', '.join(config.pretrain_overrides)}" if config.pretrain_overrides else ""
+    return (f"{root / 'models' / 'full'} is not cached: {state} (recipe {config.pretrain_recipe}{overrides}, "
             f"{loop.num_steps} steps{cap})")
 
 
@@ -89,8 +102,10 @@ def ensure_base_model(config: BaseModelConfig) -> Path:
     run_dir = RunDir.create(pretrain_config.run, config.pretrain_recipe, pretrain_config)
     (root / "cache_key.json").write_text(json.dumps(cache_key(pretrain_config), indent=2, sort_keys=True) + "\n")
     try:
+        hint = " ".join([f"--recipe {config.pretrain_recipe} --run-dir {root}",
+                         *(f"--set {o}" for o in config.pretrain_overrides)])
         run_pretraining(pretrain_config, run_dir.path, run_dir.log_metrics, resume=resume, run_files=run_dir,
-                        resume_hint=f"--recipe {config.pretrain_recipe} --run-dir {root}")
+                        resume_hint=hint)
     finally:
         run_dir.close()
     return model_dir
@@ -98,3 +113,17 @@ def ensure_base_model(config: BaseModelConfig) -> Path:
 
 def _has_checkpoint(root: Path) -> bool:
     return CheckpointStore(root / "checkpoints" / "pretrain").newest_valid() is not None
+
+
+def _check_architecture(path: str) -> None:
+    try:
+        layer_map_from_dir(path)  # reads config.json only
+    except ValueError as exc:
+        raise ConfigError(f"base_model.path={path!r}: {exc}") from None
+
+
+def _declared_architectures(config_json: Path) -> list:
+    try:
+        return list(json.loads(config_json.read_text()).get("architectures") or [])
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []

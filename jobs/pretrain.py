@@ -36,7 +36,7 @@ def run(recipe: str, config: PretrainJobConfig, args: argparse.Namespace) -> int
         return 0
     print(f"pretraining done in {result.train_minutes:.1f} min; val loss (full) "
           f"{result.family_losses['full']['all']:.4f}")
-    print(f"report: {run_dir.report / 'pretrain.html'} (also pretrain.md)")
+    print(f"report: {run_dir.report / 'report.html'} (also pretrain.md)")
     print(f"models: {run_dir.path / 'models'}")
     return 0
 
@@ -63,7 +63,7 @@ def plan(recipe: str, config: PretrainJobConfig, args: argparse.Namespace) -> li
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry("pretrain", __doc__.splitlines()[0], run, argv, plan=plan)
+    return run_entry("pretrain", __doc__.splitlines()[0], run, argv, plan=plan, checkpoints="pretrain")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def run_one(args: argparse.Namespace, mode: str, seed: int) -> Path:
 def decompose_run(run_dir: Path, keep: bool) -> None:
     from jobs.inspect_mismatch import main as inspect_main
 
-    if inspect_main([str(run_dir), "--all", "--no-per-layer"]) != 0:
+    if inspect_main([str(run_dir), "--all", "--core"]) != 0:
         raise RuntimeError(f"decomposition of {run_dir} failed")
     if not keep:
         for weights in (run_dir / "batches").glob("weights_*"):

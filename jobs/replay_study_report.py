@@ -47,8 +47,44 @@ def load_runs(out: Path, spec: dict) -> dict[str, list[dict]]:
                                      "kl_engine_routes": row["summary"].get("kl_engine_routes"),
                                      "top1pct_share": row["settings"]["fp32/live"].get("kl_share_top1pct_tokens")}
                     for row in rows_d}
+            record["spikes_by_version"] = _spike_profiles(out / f"{mode}-seed{seed}" / "batches")
             runs.setdefault(mode, []).append(record)
     return runs
+
+
+def _spike_profiles(batches: Path) -> dict[int, dict[str, float]]:
+    """version -> spike_profile of every dumped update (runs made with --decompose; batch files only)."""
+    from rl_platform.spike_profile import dump_spike_profile
+    from rl_platform.step_dump import dumped_versions, load_step_dump
+
+    if not batches.is_dir():
+        return {}
+    return {v: dump_spike_profile(load_step_dump(batches, v)) for v in dumped_versions(batches)}
+
+
+def spike_attribution(runs: dict[str, list[dict]], factor: float = 3.0) -> dict[str, dict[str, float]]:
+    """Per mode: the steps whose KL exceeds `factor` x the mode's median step KL ('spikes') vs the others:
+    how many, how few tokens carry half of their KL, and the KL mass of improbable samples and of tokens after
+    a live route flip (medians / means over the steps of each group; needs the dumps)."""
+    out: dict[str, dict[str, float]] = {}
+    for mode, records in runs.items():
+        steps = [(kl, r["spikes_by_version"].get(v)) for r in records
+                 for kl, v in zip(r["series"]["train/kl_train_infer"], r["versions"], strict=True)
+                 if kl is not None and r.get("spikes_by_version")]
+        if not steps:
+            continue
+        threshold = factor * float(np.median([kl for kl, _ in steps]))
+        row: dict[str, float] = {"threshold": threshold}
+        for name, group in (("spike", [p for kl, p in steps if kl > threshold and p]),
+                            ("other", [p for kl, p in steps if kl <= threshold and p])):
+            row[f"{name}_steps"] = float(len(group))
+            for key, how in (("tokens", np.median), ("tokens_for_half_kl", np.median),
+                             ("low_prob_kl_mass", np.mean), ("after_flip_kl_mass", np.mean),
+                             ("worst_token_kl_mass", np.mean), ("worst_token_p_engine", np.median)):
+                values = _clean([p.get(key) for p in group])
+                row[f"{name}_{key}"] = float(how(values)) if values else float("nan")
+        out[mode] = row
+    return out
 
 
 def _clean(values: list) -> list[float]:
@@ -88,6 +124,7 @@ def aggregate(runs: dict[str, list[dict]]) -> dict:
             "mean_kl_engine_routes": float(replayed[ok].mean()),
             "routing_share_of_mean": float(1 - replayed[ok].mean() / live[ok].mean()),
             "steps_where_replay_lowers_kl": float((replayed[ok] < live[ok]).mean())}
+    result["spikes"] = spike_attribution(runs)
     return result
 
 
@@ -139,7 +176,27 @@ def render_markdown(title: str, spec: dict, runs: dict[str, list[dict]], agg: di
         lines += ["", f"Replay lowers the step's KL on {paired['steps_where_replay_lowers_kl']:.0%} of "
                   f"{paired['steps']} steps; routing share of the mean KL {paired['routing_share_of_mean']:.1%}."]
     lines += worst_steps_table(runs)
+    lines += spike_lines(agg.get("spikes", {}))
     return "\n".join(lines) + "\n"
+
+
+def spike_lines(spikes: dict[str, dict[str, float]]) -> list[str]:
+    if not spikes:
+        return []
+    lines = ["", "Spike steps (KL > 3 x the mode's median step KL) vs the other steps, from the dumps: median scored "
+             "tokens and tokens carrying half the KL; mean share of the KL carried by improbable samples (engine "
+             "p < 0.01), by tokens after a live route flip, and by the single worst token; median engine p of the "
+             "worst token.", "",
+             "| mode | group | steps | tokens | tokens for half the KL | improbable-sample KL share | "
+             "after-flip KL share | worst-token KL share | worst token p_engine |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for mode, row in spikes.items():
+        for group in ("spike", "other"):
+            lines.append(f"| {mode} | {group} | {row[f'{group}_steps']:.0f} | {row[f'{group}_tokens']:.0f} | "
+                         f"{row[f'{group}_tokens_for_half_kl']:.0f} | {row[f'{group}_low_prob_kl_mass']:.0%} | "
+                         f"{row[f'{group}_after_flip_kl_mass']:.0%} | {row[f'{group}_worst_token_kl_mass']:.0%} | "
+                         f"{row[f'{group}_worst_token_p_engine']:.3g} |")
+    return lines
 
 
 def worst_steps_table(runs: dict[str, list[dict]], per_mode: int = 4) -> list[str]:
@@ -148,7 +205,8 @@ def worst_steps_table(runs: dict[str, list[dict]], per_mode: int = 4) -> list[st
     lines = ["", f"Highest-KL steps per mode (top {per_mode}); 'replayed' re-scores the same batch with the engine's "
              "routes, 'live' with the learner's own; top-1 % share: KL carried by the step's worst 1 % tokens.", "",
              "| mode | seed | step | KL | trained rows | scored tokens | extreme frac | max \\|dlogp\\| | "
-             "KL live / replayed | top-1 % share |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "KL live / replayed | top-1 % share | tokens for half the KL | worst token p engine -> learner |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, records in runs.items():
         rows = []
         for r in records:
@@ -161,10 +219,14 @@ def worst_steps_table(runs: dict[str, list[dict]], per_mode: int = 4) -> list[st
             share = f"{d['top1pct_share']:.0%}" if d.get("top1pct_share") is not None else "n/a"
             series = r["series"]
             tokens = series["train/kl_train_infer_tokens"][i]
+            spike = r.get("spikes_by_version", {}).get(r["versions"][i], {})
+            half = f"{spike['tokens_for_half_kl']:.0f}" if "tokens_for_half_kl" in spike else "n/a"
+            worst = (f"{spike['worst_token_p_engine']:.3g} -> {spike['worst_token_p_learner']:.3g}"
+                     if "worst_token_p_engine" in spike else "n/a")
             lines.append(f"| {mode} | {r['seed']} | {r['steps'][i]} | {kl:.2e} | {series['train/rows'][i]:.0f} | "
                          f"{'n/a' if tokens is None else f'{tokens:.0f}'} | "
                          f"{series['moe/extreme_token_frac_tau2'][i]:.2e} | "
-                         f"{series['train/logprob_abs_diff_max'][i]:.3f} | {pair} | {share} |")
+                         f"{series['train/logprob_abs_diff_max'][i]:.3f} | {pair} | {share} | {half} | {worst} |")
     return lines
 
 

@@ -21,7 +21,7 @@ from jobs.preflight import check_base_model, check_ray_address
 from jobs.rl_config import RLJobConfig
 from jobs.rl_recovery import ROLE, GuardedTrainer, LearnerFailed, RLCheckpoints, learner_failure_message
 from jobs.rl_report import write_rl_report
-from rl_platform.checkpointing import CheckpointError, CheckpointStore
+from rl_platform.checkpointing import CheckpointError
 from rl_platform.config import ConfigError
 from rl_platform.controller import Controller, SamplingConfig
 from rl_platform.evaluation import evaluate_pass_rate
@@ -75,21 +75,12 @@ def run(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> int:
 
 def _preflight(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> Path:
     """Everything checkable before Ray starts (docs/fault_tolerance.md, 'Bad input'); returns the base model."""
-    if args.resume and not config.run.run_dir:
-        raise ConfigError("--resume needs --run-dir <the run to continue>")
-    if args.resume:  # a resume with nothing to resume from is an error, never a silent fresh start
-        try:
-            CheckpointStore(Path(config.run.run_dir) / "checkpoints" / ROLE, config.checkpoint).require_newest_valid()
-        except CheckpointError as exc:
-            raise CheckpointError(f"--resume: {exc}") from None
+    # --resume without a valid checkpoint was refused by the shared CLI (jobs/cli.py) already
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address:
         check_ray_address(address)
-    if not config.base_model.path and not config.base_model.pretrain_recipe:
-        raise ConfigError(f"recipe {recipe} needs a model: --set base_model.path=<a Hugging Face MoE directory>")
-    if config.base_model.path:
-        check_base_model(config.base_model.path)
-    describe_base_model(config.base_model)  # an unknown recipe or a bad path fails here, before anything starts
+    # no model, an unknown recipe, a bad path or an unsupported architecture fails here (and in --dry-run)
+    describe_base_model(config.base_model)
     base_path = ensure_base_model(config.base_model)
     try:
         layer_map_from_dir(base_path)  # an unsupported architecture is refused before any actor starts
@@ -157,7 +148,8 @@ def _loop(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, s
     sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + 1_000_003 * config.run.seed)
     controller = Controller(generator, scorer, trainer, prompts.train_batch, config.loop, sampling,
                             record_rollouts=run_dir.log_rollouts,
-                            hint_prompt=getattr(prompts, "with_hint", None))  # sources with worked solutions
+                            hint_prompt=getattr(prompts, "with_hint", None),  # sources with worked solutions
+                            resample_prompts=getattr(prompts, "resample_batch", None))  # DAPO refills
     start = 0
     if resume:
         start = checkpoints.resume(trainer)
@@ -279,7 +271,7 @@ def _extra(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_entry("rl", __doc__.splitlines()[0], run, argv, extra_args=_extra, plan=plan)
+    return run_entry("rl", __doc__.splitlines()[0], run, argv, extra_args=_extra, plan=plan, checkpoints=ROLE)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ class BaseModelConfig:
     `cache_dir`."""
     pretrain_recipe: str = "pretrain_tiny"
     """Pretraining recipe that produces the base model when `path` is empty."""
+    pretrain_overrides: tuple[str, ...] = ()
+    """`--set` overrides for that recipe, comma-separated (e.g. `run.seed=1,loop.num_steps=300`); they are part
+    of the cache key, so each combination is pretrained once."""
     cache_dir: str = "models"
     """Where pretrained base models are kept between runs (keyed by recipe and config hash)."""
 

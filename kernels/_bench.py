@@ -19,11 +19,16 @@ from typing import Any
 import torch
 
 
-def parse_args(description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    """--out and --device; a bench adds its own flags before parsing."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="write the result records to this JSON file")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    return parser.parse_args()
+    return parser
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    return argument_parser(description).parse_args()
 
 
 def time_ms(fn: Callable[[], Any], device: str, cpu_reps: int = 5) -> float:
@@ -69,9 +74,12 @@ def report(record: dict[str, Any]) -> None:
                            for key, value in record.items()))  # fmt: skip
 
 
-def write(out: Path | None, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
+def write(out: Path | None, meta: dict[str, Any], records: list[dict[str, Any]], partial: bool = False) -> None:
+    """Writes meta + records; `partial=True` after each part, so a run cut by a deadline keeps what it measured
+    ("complete": false in the file until the final call)."""
     if out is None:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**meta, "results": records}, indent=2) + "\n")
-    print(f"  wrote {out}")
+    out.write_text(json.dumps({**meta, "complete": not partial, "results": records}, indent=2) + "\n")
+    if not partial:
+        print(f"  wrote {out}")

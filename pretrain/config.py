@@ -29,8 +29,14 @@ class PretrainLoopConfig:
     bf16: bool = False
     """bfloat16 mixed precision (DeepSpeed bf16); float32 keeps CPU runs exact and is as fast at this size."""
     bias_update_speed: float = 1e-3
-    """u in b_i += u * sign(mean_load - load_i). ERNIE 5.0 uses 1e-4 over ~10^5 steps; a tiny run has
-    ~10^3 steps, so 1e-3 lets the bias move by a comparable amount relative to the router's softmax scale."""
+    """u in b_i += u * sign(mean_load - load_i) (docs/ultrasparse.md, 'Balance'). ERNIE 5.0 uses 1e-4 over
+    ~10^5 steps; a tiny run has ~10^3 steps, so 1e-3 lets the bias move by a comparable amount relative to
+    the router's softmax scale (each expert's probability is ~1/E, so many experts want a smaller u)."""
+    bias_update_speed_final: float | None = None
+    """u from `bias_speed_switch_fraction` of the run on (ERNIE 5.0: 1e-4 in the main stage, then 1e-5,
+    which "suppresses iteration-level oscillations"); None keeps bias_update_speed for the whole run."""
+    bias_speed_switch_fraction: float = 0.8
+    """Share of num_steps after which bias_update_speed_final applies."""
     mtp_loss_weight: float = 0.3
     """Weight of the multi-token-prediction loss (ERNIE 5.0: 0.3 at 8K); used when model.num_mtp_heads=1."""
     log_every: int = 10
@@ -46,8 +52,20 @@ class PretrainLoopConfig:
         check(self.num_steps >= 1, "PretrainLoopConfig.num_steps", self.num_steps, "must be >= 1", "use e.g. 600")
         check(self.zero_stage in (0, 1, 2), "PretrainLoopConfig.zero_stage", self.zero_stage, "must be 0, 1 or 2",
               "use 2 (stage 3 is not wired for the elastic forward yet)")
+        check(self.bias_update_speed >= 0 and (self.bias_update_speed_final or 0.0) >= 0,
+              "PretrainLoopConfig.bias_update_speed", (self.bias_update_speed, self.bias_update_speed_final),
+              "and bias_update_speed_final must be >= 0", "use e.g. 1e-4 then 1e-5 (0 freezes the bias)")
+        check(0.0 <= self.bias_speed_switch_fraction <= 1.0, "PretrainLoopConfig.bias_speed_switch_fraction",
+              self.bias_speed_switch_fraction, "must be in [0, 1]", "use e.g. 0.8")
         check(self.micro_batch_size >= 1 and self.grad_accum_steps >= 1, "PretrainLoopConfig.micro_batch_size",
               (self.micro_batch_size, self.grad_accum_steps), "and grad_accum_steps must be >= 1", "use 8 and 2")
+
+
+def bias_speed_at(loop: PretrainLoopConfig, step: int) -> float:
+    """The aux-loss-free bias speed u at optimizer step `step` (0-based): a two-phase step schedule."""
+    if loop.bias_update_speed_final is None or step < loop.bias_speed_switch_fraction * loop.num_steps:
+        return loop.bias_update_speed
+    return loop.bias_update_speed_final
 
 
 @dataclass(kw_only=True, slots=True)

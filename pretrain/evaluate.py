@@ -9,12 +9,12 @@ Routing diagnostics, on held-out packed batches run through the full model:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from pretrain.balance import normalized_entropy
 from pretrain.data.pipeline import DOMAIN_IDS, IGNORE_INDEX, Packer
 from rl_platform.model import MoETransformer, SubModel
 
@@ -55,11 +55,8 @@ class RoutingDiagnostics:
     """[L, num_domains] normalised routing entropy per domain."""
     iou_LDD: torch.Tensor
     """[L, num_domains, num_domains] IoU of the top-25% experts."""
-
-
-def normalized_entropy(p_E: torch.Tensor) -> float:
-    p = p_E[p_E > 0]
-    return float(-(p * p.log()).sum() / math.log(p_E.numel()))
+    counts_LE: torch.Tensor
+    """[L, E] routed slots per expert over all domains (pretrain.balance.layer_balance reads it)."""
 
 
 @torch.no_grad()
@@ -95,4 +92,4 @@ def routing_diagnostics(model: MoETransformer, packer: Packer, num_batches: int,
         for a in range(len(domains)):
             for b in range(len(domains)):
                 iou[layer, a, b] = len(sets[a] & sets[b]) / len(sets[a] | sets[b])
-    return RoutingDiagnostics(domains, freq, entropy_L, entropy_LD, iou)
+    return RoutingDiagnostics(domains, freq, entropy_L, entropy_LD, iou, total)

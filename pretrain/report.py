@@ -1,5 +1,5 @@
-"""The pretraining report: loss curve, sub-model validation table and routing-diagnostics heatmaps, as
-`report/pretrain.md` + PNGs and as one self-contained `report/report.html`."""
+"""The pretraining report: loss curve, sub-model validation table, expert-load balance and routing-diagnostics
+heatmaps, as `report/pretrain.md` + PNGs and as one self-contained `report/report.html`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pretrain.balance import LayerBalance  # noqa: E402
 from pretrain.evaluate import RoutingDiagnostics  # noqa: E402
 from rl_platform.report_html import write_report_html  # noqa: E402
 
@@ -93,4 +94,44 @@ def family_markdown(losses: dict[str, dict[str, float]], describe: dict[str, str
     for name, values in losses.items():
         lines.append(f"| {name} | {describe[name]} | {values['all']:.4f} | "
                      + " | ".join(f"{values.get(d, float('nan')):.4f}" for d in domains) + " |")
+    return "\n".join(lines)
+
+
+def plot_balance(history: list[dict[str, float]], path: Path) -> None:
+    """Training-time balance: busiest expert over an even share, and dead experts per layer, per step."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([m["moe/expert_load_max"] for m in history], lw=1, label="max/mean load")
+    ax.plot([m["moe/dead_experts"] for m in history], lw=1, label="dead experts per layer")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("step")
+    ax.set_title("expert load during training (per step, layer mean)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def balance_markdown(balance: LayerBalance) -> str:
+    """Per-layer balance on held-out batches (pretrain.balance.layer_balance)."""
+    lines = ["| layer | dead experts | max/mean load | min/mean load | load CV | NE |", "|---|---|---|---|---|---|"]
+    for layer in range(len(balance.dead_L)):
+        lines.append(f"| {layer} | {balance.dead_L[layer]} | {balance.max_over_mean_L[layer]:.2f} | "
+                     f"{balance.min_over_mean_L[layer]:.2f} | {balance.cv_L[layer]:.2f} | "
+                     f"{balance.entropy_L[layer]:.3f} |")
+    total = balance.summary()
+    lines.append(f"| all | {total['dead_experts']:.0f} | {total['max_over_mean']:.2f} | {total['min_over_mean']:.2f} "
+                 f"| {total['load_cv']:.2f} | {total['entropy']:.3f} |")
+    return "\n".join(lines)
+
+
+def elastic_table_markdown(elastic: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]],
+                           describe: dict[str, str]) -> str:
+    """ERNIE 5.0 Tables 9-11 side by side: each named sub-model's val loss after elastic training and after
+    training the full model only (the paper reports the baseline at full size only), and their gap."""
+    lines = ["| inference sub-model | shape | non-elastic | elastic | elastic vs non-elastic |",
+             "|---|---|---|---|---|"]
+    for name, values in elastic.items():
+        base = baseline.get(name, {}).get("all", float("nan"))
+        lines.append(f"| {name} | {describe.get(name, '')} | {base:.4f} | {values['all']:.4f} | "
+                     f"{(values['all'] - base) / base:+.1%} |")
     return "\n".join(lines)

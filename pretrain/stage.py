@@ -9,14 +9,23 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pretrain.balance import layer_balance
 from pretrain.config import PretrainJobConfig
 from pretrain.data.pipeline import Packer, build_tokenizer
 from pretrain.elastic import named_family
 from pretrain.evaluate import routing_diagnostics, validation_loss
-from pretrain.report import diagnostics_markdown, family_markdown, plot_diagnostics, plot_loss, write_pretrain_html
+from pretrain.report import (
+    balance_markdown,
+    diagnostics_markdown,
+    family_markdown,
+    plot_balance,
+    plot_diagnostics,
+    plot_loss,
+    write_pretrain_html,
+)
 from pretrain.trainer import PretrainTrainer
 from rl_platform.config import config_to_dict
 from rl_platform.model.hf_interop import export_hf
@@ -77,8 +86,11 @@ def run_pretraining(config: PretrainJobConfig, run_dir: Path, log_metrics, resum
         (run_dir / "models" / "family.json").write_text(json.dumps(listing, indent=2) + "\n")
 
     report = run_dir / "report"
+    report.mkdir(parents=True, exist_ok=True)
     if history:
         plot_loss(history, report / "pretrain_loss.png")
+        plot_balance(history, report / "expert_balance.png")
+    balance = layer_balance(diag.counts_LE)
     plot_diagnostics(diag, report)
     describe = {name: sm.describe(config.model) for name, sm in family.items()}
     cfg = config.model
@@ -86,13 +98,17 @@ def run_pretraining(config: PretrainJobConfig, run_dir: Path, log_metrics, resum
         "# Pretraining report", "",
         f"- model: {cfg.num_params() / 1e6:.2f} M params, {cfg.num_params(active=True) / 1e6:.2f} M active per token "
         f"({cfg.num_experts} experts, top-{cfg.top_k}, {cfg.num_shared_experts} shared; expert activation ratio "
-        f"{cfg.activation_ratio():.1%})",
+        f"{cfg.activation_ratio():.1%}, routed {cfg.top_k / cfg.num_experts:.1%})",
+        f"- aux-loss-free bias speed {config.loop.bias_update_speed:g}"
+        + (f", {config.loop.bias_update_speed_final:g} from {config.loop.bias_speed_switch_fraction:.0%} of the steps"
+           if config.loop.bias_update_speed_final is not None else ""),
         f"- steps: {trainer.step} in {train_minutes:.1f} min; "
         f"elastic sampling {'on' if config.elastic.enabled else 'off'}",
         "", "## Validation loss of the family", "", family_markdown(losses, describe), "",
+        "## Expert-load balance (full model, held-out batches)", "", balance_markdown(balance), "",
         "## Routing diagnostics (full model, held-out batches)", "", diagnostics_markdown(diag), "",
-        "![loss](pretrain_loss.png) ![frequency](expert_frequency.png) ![iou](expert_iou.png) "
-        "![entropy](routing_entropy.png)", "",
+        "![loss](pretrain_loss.png) ![balance](expert_balance.png) ![frequency](expert_frequency.png) "
+        "![iou](expert_iou.png) ![entropy](routing_entropy.png)", "",
     ]
     (report / "pretrain.md").write_text("\n".join(summary))
     saved = run_dir / "config.json"  # the resolved config with its recipe name, as the run directory recorded it
@@ -100,5 +116,6 @@ def run_pretraining(config: PretrainJobConfig, run_dir: Path, log_metrics, resum
                         else {"config": config_to_dict(config)})
     (report / "pretrain_metrics.json").write_text(json.dumps(
         {"family_val_loss": losses, "routing_entropy": diag.entropy_L.tolist(), "domains": diag.domains,
-         "iou": diag.iou_LDD.tolist(), "train_minutes": train_minutes, "steps": trainer.step}, indent=2))
+         "iou": diag.iou_LDD.tolist(), "train_minutes": train_minutes, "steps": trainer.step,
+         "balance": asdict(balance) | balance.summary(), "activation_ratio": cfg.activation_ratio()}, indent=2))
     return PretrainResult(model_dirs=model_dirs, family_losses=losses, train_minutes=train_minutes)

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pretrain.config import PretrainJobConfig
+from pretrain.balance import step_balance_metrics
+from pretrain.config import PretrainJobConfig, bias_speed_at
 from pretrain.data.pipeline import IGNORE_INDEX, PackedBatch, Packer
 from pretrain.elastic import sample_submodel
 from pretrain.simreg import simreg_loss
@@ -160,9 +161,10 @@ class PretrainTrainer:
                 shapes["width"] += len(sm.experts) / len(submodels) / loop.grad_accum_steps
                 shapes["top_k"] += sm.top_k / len(submodels) / loop.grad_accum_steps
                 shapes["full"] += sm.is_full(cfg.model) / len(submodels) / loop.grad_accum_steps
-        loads_LE = self.engine.module.update_selection_bias(loop.bias_update_speed)
+        speed = bias_speed_at(loop, self.step)
+        loads_LE = self.engine.module.update_selection_bias(speed)
+        bias_LE = torch.stack([moe.router.selection_bias_E for moe in self.engine.module.moe_layers()])
         self.step += 1
-        share_LE = loads_LE / loads_LE.sum(-1, keepdim=True).clamp_min(1)
         return {
             "train/loss": sums["ce"], "train/mtp_loss": sums["mtp"], "train/aux_loss": sums["aux"],
             "train/simreg_loss": sums["simreg"], "train/grad_norm": stats.grad_norm,
@@ -170,9 +172,7 @@ class PretrainTrainer:
             "train/tokens": sums["tokens"], "elastic/depth_mean": shapes["depth"],
             "elastic/experts_mean": shapes["width"], "elastic/top_k_mean": shapes["top_k"],
             "elastic/full_model_frac": shapes["full"],
-            "moe/expert_load_max": float(share_LE.max(-1).values.mean() * cfg.model.num_experts),
-            "moe/expert_load_min": float(share_LE.min(-1).values.mean() * cfg.model.num_experts),
-        }
+        } | step_balance_metrics(loads_LE, bias_LE, speed)
 
     def train(self, resume: bool = False, resume_hint: str = "", stop=None) -> list[dict[str, float]]:
         """Runs the whole step budget (continuing from the checkpoint when `resume`); raises SafetyCapExceeded,

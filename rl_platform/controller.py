@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from rl_platform.advantages import AdvantageConfig, GRPOAdvantage
 from rl_platform.ahrl import AHRL, AHRLConfig, HintFn
 from rl_platform.config import check
-from rl_platform.dynamic_sampling import DynamicSampler, DynamicSamplingConfig
+from rl_platform.dynamic_sampling import DynamicSampler, DynamicSamplingConfig, ResampleFn
 from rl_platform.protocols import Generator, PolicyTrainer, RewardScorer
 from rl_platform.types import Completion, Prompt, Rollout
 from rl_platform.wpsm import WPSM, WPSMConfig
@@ -133,7 +133,7 @@ class Controller:
                  prompt_batch: Callable[[int, int], list[Prompt]], config: ControllerConfig,
                  sampling: SamplingConfig, policy_version: int = 0,
                  record_rollouts: Callable[[int, list[Rollout]], None] | None = None,
-                 hint_prompt: HintFn | None = None) -> None:
+                 hint_prompt: HintFn | None = None, resample_prompts: ResampleFn | None = None) -> None:
         self.generator = generator
         self.scorer = scorer
         self.trainer = trainer
@@ -145,7 +145,7 @@ class Controller:
         self.record_rollouts = record_rollouts
         """Called with every step's scored rollouts (sample-level provenance: which reward, which version)."""
         self.ahrl = AHRL(config.ahrl, hint_prompt, config.pass_threshold)
-        self.refill = DynamicSampler(config.dynamic_sampling)
+        self.refill = DynamicSampler(config.dynamic_sampling, resample_prompts)
         self.wpsm = WPSM(config.wpsm, config.pass_threshold)
 
     def run_step(self, step: int) -> dict[str, float]:
@@ -154,7 +154,7 @@ class Controller:
         prompts = self.prompt_batch(step, n)
         first = self._sample(step, prompts, timer)
         groups, stage_metrics = self.ahrl.apply(step, first, lambda hinted: self._sample(step, hinted, timer))
-        drawn = [n]
+        drawn = [0]
         groups, refill_metrics = self.refill.fill(groups, n, lambda k: self._refill(step, drawn, k, timer))
         rollouts = [r for group in groups for r in group]
         advantages = self.config.advantage.batch([r.reward.value for r in rollouts], G)
@@ -196,8 +196,8 @@ class Controller:
         return [rollouts[i:i + G] for i in range(0, len(rollouts), G)]
 
     def _refill(self, step: int, drawn: list[int], count: int, timer: Timer) -> list[list[Rollout]]:
-        """`count` more prompts continuing the step's prompt stream (DAPO re-sampling), hinted like the rest."""
-        prompts = self.prompt_batch(step, drawn[0] + count)[drawn[0]:]
+        """The next `count` prompts of the step's re-sample stream (DAPO), generated, scored, hinted like the rest."""
+        prompts = self.refill.resample(step, drawn[0], count)
         drawn[0] += count
         groups = self._sample(step, prompts, timer)
         return self.ahrl.apply(step, groups, lambda hinted: self._sample(step, hinted, timer))[0]
@@ -254,6 +254,11 @@ def rollout_metrics(rollouts: list[Rollout], advantages: list[float | None], con
         "rollout/response_length_mean": statistics.fmean(lengths) if lengths else 0.0,
         "rollout/response_length_max": float(max(lengths, default=0)),
         "rollout/truncated_frac": sum(r.completion.finish_reason == "length" for r in rollouts) / max(1, len(rollouts)),
+        # every sampled token of the step, not only the trained ones (policy/entropy): the mean surprisal under
+        # the engine estimates the per-token entropy when sampling at temperature 1 (the engine's log-probs are
+        # the model's own, so at another temperature it is a cross-entropy)
+        "rollout/entropy": -statistics.fmean(lp for r in rollouts for lp in r.completion.generator_logprobs)
+        if any(r.completion.generator_logprobs for r in rollouts) else float("nan"),
     }
     if shadow:
         out["reward/shadow_mean"] = statistics.fmean(shadow)

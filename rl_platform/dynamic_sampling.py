@@ -4,9 +4,11 @@ most `max_rounds` extra rounds. What is still missing after the last round is tr
 smaller, and `dapo/short_groups` says by how much); verl's DAPO recipe bounds the rounds the same way
 (max_num_gen_batches).
 
-Refill prompts continue the step's own prompt stream: round r draws prompt_batch(step, n_drawn + k)[n_drawn:],
-so the prompt source must be prefix-stable (the arithmetic sources are: a step's prompts come from one RNG
-seeded by the step). docs/rl_algorithms.md, 'DAPO dynamic sampling'.
+Refill prompts come from the prompt source's re-sample stream for the step (`resample_batch(step, start, k)`,
+rl_platform/tasks/sources.py): round after round the controller takes the next k prompts of it, so a step's
+refills are a pure function of (seed, step) and a resumed run re-samples the same prompts; they never borrow
+from the training stream, whose later batches belong to later steps.
+docs/rl_algorithms.md, 'DAPO dynamic sampling'.
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rl_platform.config import check
-from rl_platform.types import Rollout
+from rl_platform.types import Prompt, Rollout
+
+ResampleFn = Callable[[int, int, int], list[Prompt]]
+"""(step, start, count) -> prompts [start, start + count) of the step's re-sample stream
+(PromptSource.resample_batch)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -45,12 +51,18 @@ class DynamicSampler:
     """Filters flat groups and refills the batch.
 
     Example:
-        sampler = DynamicSampler(DynamicSamplingConfig(enabled=True))
+        sampler = DynamicSampler(DynamicSamplingConfig(enabled=True), prompts.resample_batch)
         groups, metrics = sampler.fill(groups, target=16, sample_more=lambda k: generate_and_score(next_k(k)))
     """
 
-    def __init__(self, config: DynamicSamplingConfig) -> None:
+    def __init__(self, config: DynamicSamplingConfig, resample: ResampleFn | None = None) -> None:
+        if config.enabled and resample is None:
+            raise ValueError("DynamicSamplingConfig.enabled=True but the prompt source gives no re-sample stream "
+                             "(no `resample_batch`); implement it on the source (rl_platform/tasks/sources.py) or "
+                             "set loop.dynamic_sampling.enabled=false")
         self.config = config
+        self.resample = resample
+        """Where refill prompts come from (the controller draws them in order, see `fill`)."""
 
     def fill(self, groups: list[list[Rollout]], target: int,
              sample_more: Callable[[int], list[list[Rollout]]]) -> tuple[list[list[Rollout]], dict[str, float]]:

@@ -97,9 +97,7 @@ class EngineScorer:
             fresh = self.llm.generate([requests[index]], fresh_params, use_tqdm=False)[0]
             reference = np.sort(np.asarray(fresh.outputs[0].routed_experts)[: len(prompt)], axis=-1)
             for call_index, call in enumerate(calls):
-                # the second call finds every full block of the prompt in the cache (vLLM always computes at
-                # least the last prompt token)
-                cached = (len(prompt) - 1) // block * block if call_index == 1 else 0
+                cached = cached_prompt_tokens(call[index], len(prompt), block, repeat=call_index == 1)
                 served += cached * len(call[index].outputs)
                 for completion in call[index].outputs:
                     same = (np.sort(np.asarray(completion.routed_experts)[: len(prompt)], axis=-1)
@@ -107,8 +105,36 @@ class EngineScorer:
                     for name, part in (("cached", same[:cached]), ("computed", same[cached:])):
                         counts[name][0] += int(part.sum())
                         counts[name][1] += part.size
-        out = {"block_size": block, "prompts": len(prompts), "cached_prompt_positions": served}
+        reported = all(getattr(call[i], "num_cached_tokens", None) is not None for call in calls
+                       for i in range(len(prompts)))
+        out = {"block_size": block, "prompts": len(prompts), "cached_prompt_positions": served,
+               "cached_counts_from_engine": reported}
         for name, (equal, total) in counts.items():
             out[f"{name}_routes_compared"] = total
             out[f"{name}_routes_equal_frac"] = equal / total if total else float("nan")
         return out
+
+
+def cached_prompt_tokens(output, prompt_len: int, block: int, repeat: bool) -> int:
+    """How many leading prompt tokens of a request the engine served from its prefix cache: vLLM's own count
+    (`RequestOutput.num_cached_tokens`) when it reports one, else every full block of a repeated prompt (vLLM
+    always computes at least the last prompt token). Trusting the engine's count keeps the check honest: with
+    the cache off, or with prompts shorter than a block, nothing is counted as cached."""
+    reported = getattr(output, "num_cached_tokens", None)
+    if reported is not None:
+        return min(int(reported), prompt_len - 1)
+    return (prompt_len - 1) // block * block if repeat else 0
+
+
+def chain_prompts(prompts: list[list[int]], min_len: int) -> list[list[int]]:
+    """Prompts of at least min_len tokens for the prefix-cache check, one per given prompt: the prompt followed
+    by the next ones (cyclically). Real prompts shorter than a KV block are never served from the cache, so
+    the check would compare nothing."""
+    out = []
+    for index, prompt in enumerate(prompts):
+        chained, step = list(prompt), 1
+        while len(chained) < min_len and any(prompts):
+            chained += prompts[(index + step) % len(prompts)]
+            step += 1
+        out.append(chained)
+    return out

@@ -58,6 +58,12 @@ def default_settings(num_layers: int, per_layer: bool = True) -> list[Setting]:
     return settings
 
 
+def core_settings() -> list[Setting]:
+    """The three settings a multi-step study needs: live vs replayed routes in fp32, and a bf16 learner."""
+    return [Setting("fp32/live"), Setting("fp32/engine_routes", engine_routes=True),
+            Setting("bf16/engine_routes", dtype=torch.bfloat16, engine_routes=True)]
+
+
 class LearnerScorer:
     """The dumped weights in float32 and bfloat16, scored under settings."""
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Any, Literal
@@ -86,8 +87,11 @@ class Progress:
             from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
-                             mininterval=0.5, smoothing=0.1)
+            # a terminal that reports a 0 x 0 size (some ptys) makes tqdm hide every bar: give it a fixed size
+            known = shutil.get_terminal_size((0, 0)).columns > 0
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=known,
+                             ncols=None if known else 100, nrows=None if known else 20, mininterval=0.5,
+                             smoothing=0.1)
             # log records printed to the console while the bar is up go above it instead of through it
             self._redirect = logging_redirect_tqdm()
             self._redirect.__enter__()

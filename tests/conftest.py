@@ -15,14 +15,39 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-FAST_TIMEOUT_S, SLOW_TIMEOUT_S = 600, 2400
+FAST_TIMEOUT_S, SLOW_TIMEOUT_S = 600, 1200
+
+
+def _gpu_deselected_key():
+    import pytest
+
+    return pytest.StashKey[int]()
+
+
+GPU_DESELECTED = _gpu_deselected_key()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    count = config.stash.get(GPU_DESELECTED, 0)
+    if count:
+        terminalreporter.write_line(f"{count} tests marked `gpu` deselected: no CUDA device here "
+                                    "(benchmarks/gpu_kernels.sh runs them on a GPU machine)")
 
 
 def pytest_collection_modifyitems(config, items):
     """A per-test timeout for every test that does not set its own: a hung engine fails, CI goes on. Generous,
     because the first DeepSpeed learner of a run compiles a C++ op (minutes on a loaded 2-core machine)."""
     import pytest
+    import torch
 
+    if not torch.cuda.is_available():
+        # `gpu` tests need a CUDA device (benchmarks/gpu_kernels.sh runs them on one): deselected here, and
+        # counted in the summary, instead of a skip line per parameter.
+        gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+        if gpu:
+            config.hook.pytest_deselected(items=gpu)
+            items[:] = [item for item in items if item.get_closest_marker("gpu") is None]
+            config.stash[GPU_DESELECTED] = len(gpu)
     for item in items:
         if item.get_closest_marker("timeout") is None:
             slow = item.get_closest_marker("slow") is not None

@@ -62,3 +62,9 @@ class FakeTrainer:
 def prompts(step: int, n: int) -> list[Prompt]:
     return [Prompt(prompt_id=f"train/{step}.{i}", text="Q: 1+1=?\nA:", token_ids=[1, 5, 6], metadata={"answer": 2})
             for i in range(n)]
+
+
+def resample_prompts(step: int, start: int, n: int) -> list[Prompt]:
+    """The fake source's re-sample stream (DAPO refills): ids train/<step>.r<i>."""
+    return [Prompt(prompt_id=f"train/{step}.r{i}", text="Q: 1+1=?\nA:", token_ids=[1, 5, 6], metadata={"answer": 2})
+            for i in range(start, start + n)]

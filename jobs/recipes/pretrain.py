@@ -34,6 +34,55 @@ def pretrain_tiny_baseline() -> PretrainJobConfig:
     return config
 
 
+def ultrasparse_model(num_experts: int = 128, top_k: int = 2, expert_ffn_dim: int = 64) -> MoEModelConfig:
+    """pretrain_tiny's shape with many fine-grained experts and a small k: (k + 1 shared) / (E + 1) < 3 %."""
+    return MoEModelConfig(vocab_size=512, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+                          num_experts=num_experts, top_k=top_k, num_shared_experts=1, expert_ffn_dim=expert_ffn_dim,
+                          max_position_embeddings=1024)
+
+
+@recipe("pretrain")
+def pretrain_ultrasparse_tiny() -> PretrainJobConfig:
+    """Ultra-sparse elastic MoE: 128 experts, top-2, 1 shared (2.3 % of expert parameters active per token,
+    1.6 % of the routed ones); the same steps and batch as pretrain_tiny. Aux-loss-free bias speed 1e-4, then
+    1e-5 for the last 20 % of the steps (ERNIE 5.0's schedule; docs/ultrasparse.md, 'Balance')."""
+    config = pretrain_tiny()
+    config.model = ultrasparse_model()
+    config.loop.bias_update_speed = 1e-4
+    config.loop.bias_update_speed_final = 1e-5
+    return config
+
+
+@recipe("pretrain")
+def pretrain_ultrasparse_tiny_baseline() -> PretrainJobConfig:
+    """pretrain_ultrasparse_tiny without elastic sampling: the baseline of its sub-model validation table."""
+    config = pretrain_ultrasparse_tiny()
+    config.elastic.enabled = False
+    return config
+
+
+@recipe("pretrain")
+def pretrain_ultrasparse_tiny_e256() -> PretrainJobConfig:
+    """The second ultra-sparse setting: 256 experts, top-4, 1 shared (1.9 % active; the same active expert
+    width as pretrain_tiny, 8x its routed parameters)."""
+    config = pretrain_ultrasparse_tiny()
+    config.model = ultrasparse_model(num_experts=256, top_k=4)
+    return config
+
+
+@recipe("pretrain")
+def pretrain_ultrasparse_smoke() -> PretrainJobConfig:
+    """A few steps of a very small ultra-sparse model (128 experts, top-2): for tests."""
+    config = pretrain_smoke()
+    config.model = MoEModelConfig(vocab_size=512, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                                  head_dim=16, num_experts=128, top_k=2, num_shared_experts=1, expert_ffn_dim=16,
+                                  max_position_embeddings=1024)
+    config.loop.bias_update_speed = 1e-4
+    config.loop.bias_update_speed_final = 1e-5
+    config.loop.bias_speed_switch_fraction = 0.5
+    return config
+
+
 @recipe("pretrain")
 def pretrain_needle_tiny() -> PretrainJobConfig:
     """The tiny model shape trained at 1K context on needle retrieval (a 4-digit key hidden in 4-70 filler

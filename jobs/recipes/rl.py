@@ -5,6 +5,8 @@ from __future__ import annotations
 from jobs.recipes import recipe
 from jobs.rl_config import RLJobConfig
 from rl_platform.controller import ControllerConfig, SamplingConfig
+from rl_platform.losses import MISCLossConfig
+from rl_platform.tasks.prompts import ArithmeticPromptsConfig
 
 
 @recipe("rl")
@@ -67,4 +69,36 @@ def grpo_smoke() -> RLJobConfig:
     config.learner.optim.lr = 2e-4  # two steps must visibly move a random-ish model (the tests check it)
     config.resources.num_reward_workers = 1
     config.rollout.max_model_len = 256
+    return config
+
+
+@recipe("rl")
+def misc_tiny_bf16() -> RLJobConfig:
+    """ERNIE 5.0's RL objective on bf16 rollouts: MISC (token-level IcePop mask on GSPO's sequence ratio) with
+    WPSM (well-learned positive samples masked), R3. docs/rl_algorithms.md."""
+    config = grpo_tiny_bf16_r3()
+    config.learner.loss = MISCLossConfig()
+    config.loop.wpsm.enabled = True
+    config.loop.num_steps = 30
+    return config
+
+
+@recipe("rl")
+def grpo_tiny_hard_ahrl() -> RLJobConfig:
+    """The hard split (operands of 4-5 digits, longer than anything the base was pretrained on) with AHRL: groups
+    whose samples all fail are re-asked with the first half of the worked solution as a hint."""
+    config = grpo_tiny_bf16_r3()
+    config.prompts = ArithmeticPromptsConfig(min_digits=4, max_digits=5)
+    config.loop.ahrl.enabled = True
+    config.loop.num_steps = 30
+    return config
+
+
+@recipe("rl")
+def grpo_tiny_hard_dapo() -> RLJobConfig:
+    """The hard split with DAPO dynamic sampling: groups without signal are replaced by freshly drawn prompts
+    (at most 3 extra rounds per step)."""
+    config = grpo_tiny_hard_ahrl()
+    config.loop.ahrl.enabled = False
+    config.loop.dynamic_sampling.enabled = True
     return config

@@ -75,7 +75,8 @@ def named_family(model: MoEModelConfig) -> dict[str, SubModel]:
     """The sub-models exported and evaluated by name.
 
     depth-75 keeps evenly spaced layers (first and last included); experts-50 keeps the first half of the
-    experts (any fixed half: training used random halves); topk-2 halves k.
+    experts (any fixed half: training used random halves); topk-2 and topk-1 lower k (topk-2 only when the
+    default k is above 2: at k=2, as in the ultra-sparse recipes, it would be the full model again).
     """
     full = SubModel.full(model)
     num_layers = model.num_layers
@@ -87,7 +88,11 @@ def named_family(model: MoEModelConfig) -> dict[str, SubModel]:
         "full": full,
         "depth-75": SubModel(layers=depth_layers, experts=full.experts, top_k=model.top_k),
         "experts-50": SubModel(layers=full.layers, experts=tuple(range(half)), top_k=model.top_k),
-        "topk-2": SubModel(layers=full.layers, experts=full.experts, top_k=min(2, model.top_k)),
+        "topk-2": SubModel(layers=full.layers, experts=full.experts, top_k=2),
         "topk-1": SubModel(layers=full.layers, experts=full.experts, top_k=1),
     }
+    if model.top_k <= 2:
+        del family["topk-2"]
+    if model.top_k == 1:
+        del family["topk-1"]
     return family

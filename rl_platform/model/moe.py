@@ -142,8 +142,7 @@ class MoEFeedForward(nn.Module):
             y_TD = y_TD + self.shared(x_TD)
         if self.training:
             with torch.no_grad():
-                ids = routing.topk_ids_TK[routing.topk_ids_TK >= 0]
-                self.load_counts_E += torch.bincount(ids, minlength=self.num_experts).float()
+                self.load_counts_E += expert_counts(routing.topk_ids_TK, self.num_experts)
         self.aux_loss = switch_balance_loss(routing, self.num_experts) * aux_loss_coef if aux_loss_coef else None
         return y_TD, routing
 
@@ -157,11 +156,19 @@ class MoEFeedForward(nn.Module):
         return load_E
 
 
+def expert_counts(ids_TK: Tensor, num_experts: int) -> Tensor:
+    """float32 [E] slots routed to each expert (-1 slots ignored). index_add instead of bincount / boolean
+    indexing: both size their output from the data, a host sync per MoE layer on a GPU."""
+    ids_N = ids_TK.reshape(-1)
+    counts_E = torch.zeros(num_experts, dtype=torch.float32, device=ids_TK.device)
+    return counts_E.index_add_(0, ids_N.clamp_min(0), (ids_N >= 0).float())
+
+
 def switch_balance_loss(routing: RoutingResult, num_experts: int) -> Tensor:
     """E * sum_i f_i * P_i (Switch Transformer): f = share of routed slots, P = mean router prob."""
     ids = routing.topk_ids_TK
     valid = ids >= 0
-    f_E = torch.bincount(ids[valid], minlength=num_experts).float() / valid.sum().clamp_min(1)
+    f_E = expert_counts(ids, num_experts) / valid.sum().clamp_min(1)
     p_E = routing.probs_TE.nan_to_num(0.0).mean(dim=0)
     return num_experts * (f_E.detach() * p_E).sum()
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kernels.norm_rope import rms_norm, rope
 from rl_platform.model.config import MoEModelConfig, SubModel
 from rl_platform.model.moe import MoEFeedForward, SwiGLU
 
@@ -38,9 +39,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)  # float32 inside; one fused kernel each way on CUDA
 
 
 def rope_cos_sin(position_ids_BS: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
@@ -52,16 +51,9 @@ def rope_cos_sin(position_ids_BS: Tensor, head_dim: int, theta: float) -> tuple[
 
 def apply_rope(x_BHSD: Tensor, cos_BSP: Tensor, sin_BSP: Tensor, style: str = "interleaved") -> Tensor:
     """Rotates pair i of every head by the position's angle i. interleaved: the pair is (x[2i], x[2i+1]) (HF
-    Ernie4.5, vLLM is_neox_style=False); neox: (x[i], x[i + Dh/2]) (HF rotate_half, vLLM is_neox_style=True)."""
-    x = x_BHSD.float()
-    cos, sin = cos_BSP[:, None], sin_BSP[:, None]
-    if style == "neox":
-        first, second = x.chunk(2, dim=-1)
-        out = torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
-    else:
-        even, odd = x[..., 0::2], x[..., 1::2]
-        out = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
-    return out.to(x_BHSD.dtype)
+    Ernie4.5, vLLM is_neox_style=False); neox: (x[i], x[i + Dh/2]) (HF rotate_half, vLLM is_neox_style=True).
+    Computed in float32 (one fused kernel each way on CUDA)."""
+    return rope(x_BHSD, cos_BSP, sin_BSP, style)
 
 
 class Attention(nn.Module):

@@ -79,10 +79,44 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# A torch C++-extension build holds `<build dir>/lock` for the ~1 min it compiles; a build killed mid-way leaves
+# the file behind and every later build waits on it forever (torch's FileBaton has no owner check). No build
+# on any machine this runs on takes this long, so an older lock is a dead one.
+STALE_EXTENSION_LOCK_S = 900
+
+
+def clear_stale_extension_locks(root: str | None = None, *, now: float | None = None) -> list[str]:
+    """Delete the build locks under the torch-extension cache that are older than STALE_EXTENSION_LOCK_S.
+
+    DeepSpeed JIT-compiles its CPU communication op there on first use; without this a single interrupted
+    compile turns every later DeepSpeed start on the machine into a silent hang."""
+    import glob
+    import time
+
+    if root is None:
+        from torch.utils.cpp_extension import get_default_build_root
+
+        root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    now = time.time() if now is None else now
+    removed = []
+    for lock in glob.glob(os.path.join(root, "*", "*", "lock")) + glob.glob(os.path.join(root, "*", "lock")):
+        try:
+            age_s = now - os.path.getmtime(lock)
+            if age_s > STALE_EXTENSION_LOCK_S:
+                os.remove(lock)
+                removed.append(lock)
+                logger.warning("removed a torch-extension build lock left by a killed build %.0f s ago: %s",
+                               age_s, lock)
+        except FileNotFoundError:
+            continue  # another process cleared or finished it
+    return removed
+
+
 def init_single_process_distributed() -> None:
     """torch.distributed world of one (gloo) for DeepSpeed when no launcher set one up."""
     import deepspeed
 
+    clear_stale_extension_locks()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
     if os.environ.get("WORLD_SIZE", "1") == "1":

@@ -146,6 +146,18 @@ class FilePrompts:
             out.append(self._prompt(self.train_rows[order[index]], f"train/{epoch}.{order[index]}"))
         return out
 
+    def resample_batch(self, step: int, start: int, num_prompts: int) -> list[Prompt]:
+        """DAPO's extra prompts for `step` (rl_platform/tasks/sources.py, PromptSource.resample_batch): rows
+        [start, start + num_prompts) of a permutation of the training rows seeded by (seed, step), cycling when
+        the stream is longer than the file. The training stream cannot lend them: its batch for a step is fixed
+        by (step, batch size), so rows taken from it would be trained twice. A row of the step's own batch can
+        come back (chance ~ batch / rows); its id differs, so its samples do too."""
+        n = len(self.train_rows)
+        order = list(range(n))
+        random.Random(f"{self.seed}:file-resample:{step}").shuffle(order)
+        return [self._prompt(self.train_rows[order[i % n]], f"train/r{step}.{i}")
+                for i in range(start, start + num_prompts)]
+
     def _order(self, epoch: int) -> list[int]:
         """The seeded permutation of the training rows for pass `epoch`."""
         if epoch not in self._orders:

@@ -21,8 +21,9 @@ class ArithmeticPromptsConfig(PromptSourceConfig):
     max_digits: int = 3
     """Largest operand size."""
     min_digits: int = 1
-    """Smallest operand size; above the pretraining corpus's 3 digits it makes the hard split (recipes
-    `*_hard`): problems the base almost never solves, for AHRL and DAPO dynamic sampling."""
+    """Smallest operand size. min_digits 4 with max_digits 5 is the hard split (recipes grpo_tiny_hard_*):
+    operands longer than the pretraining corpus's 3 digits, which the base almost never solves; for AHRL and
+    DAPO dynamic sampling."""
 
     def __post_init__(self) -> None:
         check(1 <= self.max_digits <= 9, "ArithmeticPromptsConfig.max_digits", self.max_digits, "must be in [1, 9]",
@@ -52,6 +53,11 @@ class ArithmeticPrompts:
     def train_batch(self, step: int, num_prompts: int) -> list[Prompt]:
         rng = random.Random(f"{self.seed}:rl-train:{step}")
         return [self._prompt(rng, "train", f"{step}.{i}") for i in range(num_prompts)]
+
+    def resample_batch(self, step: int, start: int, num_prompts: int) -> list[Prompt]:
+        """DAPO's extra prompts for `step` (rl_platform/tasks/sources.py, PromptSource.resample_batch)."""
+        rng = random.Random(f"{self.seed}:rl-resample:{step}")
+        return [self._prompt(rng, "train", f"{step}.r{i}") for i in range(start + num_prompts)][start:]
 
     def with_hint(self, prompt: Prompt, fraction: float) -> Prompt:
         """The prompt followed by `fraction` of its worked solution's steps (AHRL)."""

@@ -110,6 +110,16 @@ class ReasoningGymPrompts:
         return [self._prompt(task, self._draw(task, rng, held_out=False), f"train/{step}.{i}")
                 for i, task in enumerate(tasks)]
 
+    def resample_batch(self, step: int, start: int, num_prompts: int) -> list[Prompt]:
+        """DAPO's extra prompts for `step` (rl_platform/tasks/sources.py, PromptSource.resample_batch): the task
+        and the instance of prompt i are drawn one after the other, so the stream is prefix-stable."""
+        rng = random.Random(f"{self.seed}:rg-resample:{step}")
+        out = []
+        for i in range(start + num_prompts):
+            task = rng.choices(self.config.tasks, self.weights)[0]
+            out.append(self._prompt(task, self._draw(task, rng, held_out=False), f"train/{step}.r{i}"))
+        return out[start:]
+
     def held_out(self, num_prompts: int) -> list[Prompt]:
         """num_prompts instances, split evenly between the tasks (per-task pass rates need each task)."""
         rngs = {task: random.Random(f"{self.seed}:rg-validation:{task}") for task in self.config.tasks}

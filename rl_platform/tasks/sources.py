@@ -3,6 +3,8 @@
     source = config.prompts.build(tokenizer, seed)
     source.train_batch(step, num_prompts)   # a pure function of (seed, step): a resumed run sees the same prompts
     source.held_out(num_prompts)            # a fixed list, disjoint from anything train_batch can return
+    source.resample_batch(step, start, n)   # DAPO re-sampling: prompts [start, start + n) of the step's own
+                                            # extra stream, a pure function of (seed, step), new prompt ids
 
 Registered: `arithmetic` (the project's generated task, rl_platform/tasks/prompts.py), `file` (JSONL, Parquet
 or a local `datasets` directory; file_prompts.py), `reasoning_gym` (procedurally generated reasoning-gym
@@ -37,6 +39,12 @@ class PromptSource(Protocol):
     def train_batch(self, step: int, num_prompts: int) -> list[Prompt]: ...
 
     def held_out(self, num_prompts: int) -> list[Prompt]: ...
+
+    def resample_batch(self, step: int, start: int, num_prompts: int) -> list[Prompt]:
+        """Prompts [start, start + num_prompts) of step `step`'s re-sample stream (DAPO dynamic sampling refills
+        the batch from it): training prompts with ids of their own, the same for every call with the same
+        arguments (so the stream is prefix-stable and a resumed run re-samples the same prompts)."""
+        ...
 
 
 @dataclass(kw_only=True, slots=True)

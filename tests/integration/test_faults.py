@@ -24,7 +24,7 @@ import pytest
 
 from tests.integration.conftest import subprocess_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 ROOT = Path(__file__).resolve().parents[2]
 STEPS, PROMPTS, SAMPLES = 4, 4, 4  # grpo_smoke's batch
 

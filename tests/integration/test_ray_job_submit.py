@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.conftest import subprocess_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 10  # about 1 s each: enough that `ray job stop` (a CLI that takes seconds to start) lands mid-run
 

@@ -102,21 +102,26 @@ def test_rl_runs_print_progress_write_html_reports_and_compare(smoke_base_model,
 
 
 @pytest.mark.timeout(900)
-def test_pretraining_safety_cap_fails_loudly_then_resume_finishes(tmp_path, capsys):
+def test_pretraining_safety_cap_fails_loudly_then_resume_finishes(smoke_base_model, tmp_path, capsys):
     run_dir = tmp_path / "pre"
     args = ["--recipe", "pretrain_smoke", "--run-dir", str(run_dir)]
     with pytest.raises(SystemExit) as exc:
         pretrain_job.main([*args, "--set", "loop.max_minutes=0.000001"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 2 and len(err) == 1, err
-    assert "loop.max_minutes=1e-06 (the pretraining safety cap) was reached at step 1 of 6" in err[0]
-    assert f"--run-dir {run_dir} --resume --set loop.max_minutes=0" in err[0]
+    err = capsys.readouterr().err.strip().splitlines()  # the run's log lines, then the error
+    assert exc.value.code == 2 and [line for line in err if line.startswith("error:")] == err[-1:], err
+    assert "loop.max_minutes=1e-06 (the pretraining safety cap) was reached at step 1 of 6" in err[-1]
+    assert f"--run-dir {run_dir} --resume --set loop.max_minutes=0" in err[-1]
     assert not (run_dir / "models").exists()  # nothing shorter-trained was exported
     assert (run_dir / "checkpoints" / "pretrain" / "latest").exists()
 
     assert pretrain_job.main([*args, "--resume", "--set", "loop.max_minutes=0"]) == 0
     family = json.loads((run_dir / "models" / "family.json").read_text())
     assert set(family) >= {"full", "topk-1"}
+    # the model is defined by config, budget and seed: stopped by the cap and resumed, it is the model the cached
+    # base (same recipe, never stopped) is
+    cached = json.loads((smoke_base_model.parent / "family.json").read_text())
+    for name in family:
+        assert family[name]["val_loss"] == pytest.approx(cached[name]["val_loss"], rel=1e-5), name
     logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert max(logged) == 6
     page = assert_self_contained_page(run_dir / "report" / "report.html", min_images=4)

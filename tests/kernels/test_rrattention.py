@@ -1,4 +1,5 @@
-"""RRAttention: estimate and block-sparse attention kernels == reference; selection rules; cost scaling.
+"""RRAttention: estimate and block-sparse attention kernels (forward and backward) == reference; the FlexAttention
+block mask; the dense fallback; selection rules; cost scaling.
 
 Shape legend: B batch, H query heads, G kv heads, L seq len, d head dim, nb blocks, S stride.
 """
@@ -11,13 +12,17 @@ import torch.nn.functional as F
 
 from kernels import force_triton
 from kernels.rrattention import (
+    attention_backend,
+    block_sparse_attention_flex,
     block_sparse_attention_reference,
     block_sparse_attention_triton,
+    flex_block_mask,
     rr_attention,
     rr_attention_reference,
     rr_estimate_flops,
     rr_estimate_reference,
     rr_estimate_triton,
+    select_attention_backend,
     select_blocks,
 )
 
@@ -62,19 +67,94 @@ def test_estimate_kernel_matches_reference(shape, device_dtype):
         assert torch.equal(select_blocks(got_BHnn, 0.9), select_blocks(want_BHnn, 0.9))
 
 
+def _random_mask(shape, block_size, device, keep=0.5, seed=1):
+    """A causal block mask with sink and diagonal and a random `keep` share of the other blocks."""
+    nb = -(-shape[3] // block_size)
+    gen = torch.Generator().manual_seed(seed)
+    random_BHnn = torch.rand(shape[0], shape[1], nb, nb, generator=gen) < keep
+    block_mask_BHnn = select_blocks(random_BHnn.float().to(device), tau=0.0) | random_BHnn.to(device)  # + sink, diag
+    return block_mask_BHnn & torch.ones(nb, nb, dtype=torch.bool, device=device).tril()
+
+
+def _attention_grads(fn, q_BHLd, k_BGLd, v_BGLd, block_mask_BHnn, block_size, seed=3):
+    leaves = [t.detach().requires_grad_() for t in (q_BHLd, k_BGLd, v_BGLd)]
+    out_BHLd = fn(*leaves, block_mask_BHnn, block_size)
+    grad_out_BHLd = torch.randn(out_BHLd.shape, generator=torch.Generator().manual_seed(seed)).to(out_BHLd)
+    return out_BHLd, *torch.autograd.grad(out_BHLd, leaves, grad_out_BHLd)
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_block_sparse_attention_kernel_matches_reference(shape, device_dtype):
     device, dtype = device_dtype
     q_BHLd, k_BGLd, v_BGLd = _qkv(shape, device, dtype)
-    block_size = shape[5]
-    nb = -(-shape[3] // block_size)
-    gen = torch.Generator().manual_seed(1)
-    random_BHnn = torch.rand(shape[0], shape[1], nb, nb, generator=gen) < 0.5
-    block_mask_BHnn = select_blocks(random_BHnn.float().to(device), tau=0.0) | random_BHnn.to(device)  # + sink, diag
-    block_mask_BHnn &= torch.ones(nb, nb, dtype=torch.bool, device=device).tril()
-    got_BHLd = block_sparse_attention_triton(q_BHLd, k_BGLd, v_BGLd, block_mask_BHnn, block_size)
-    want_BHLd = block_sparse_attention_reference(q_BHLd, k_BGLd, v_BGLd, block_mask_BHnn, block_size)
+    block_mask_BHnn = _random_mask(shape, shape[5], device)
+    got_BHLd = block_sparse_attention_triton(q_BHLd, k_BGLd, v_BGLd, block_mask_BHnn, shape[5])
+    want_BHLd = block_sparse_attention_reference(q_BHLd, k_BGLd, v_BGLd, block_mask_BHnn, shape[5])
     torch.testing.assert_close(got_BHLd.float(), want_BHLd.float(), **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_block_sparse_backward_kernels_match_reference_gradients(shape, device_dtype):
+    # dq over each query block's selected key blocks; dk/dv over the query blocks (of every head of the GQA
+    # group) that selected each key block: no L x L tensor, same gradients as autograd through the reference.
+    device, dtype = device_dtype
+    q_BHLd, k_BGLd, v_BGLd = _qkv(shape, device, dtype)
+    block_mask_BHnn = _random_mask(shape, shape[5], device)
+    got = _attention_grads(block_sparse_attention_triton, q_BHLd, k_BGLd, v_BGLd, block_mask_BHnn, shape[5])
+    q32, k32, v32 = (t.float() for t in (q_BHLd, k_BGLd, v_BGLd))
+    want = _attention_grads(block_sparse_attention_reference, q32, k32, v32, block_mask_BHnn, shape[5])
+    for name, got_t, want_t in zip(("out", "q", "k", "v"), got, want, strict=True):
+        torch.testing.assert_close(got_t.float(), want_t, **TOLERANCE[dtype], msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_flex_block_mask_holds_the_rr_mask_with_only_the_diagonal_partial():
+    shape = (2, 3, 1, 700, 16)
+    block_mask_BHnn = _random_mask(shape, 128, "cpu", keep=0.4)
+    flex_mask = flex_block_mask(block_mask_BHnn, 128, seq_len=700)
+    assert torch.equal(flex_mask.to_dense().bool(), block_mask_BHnn)
+    nb = block_mask_BHnn.shape[-1]
+    assert torch.equal(flex_mask.kv_num_blocks, torch.ones(2, 3, nb, dtype=torch.int32))  # partial: diagonal
+    assert torch.equal(flex_mask.kv_indices[..., 0], torch.arange(nb, dtype=torch.int32).expand(2, 3, nb))
+    assert torch.equal(flex_mask.full_kv_num_blocks, block_mask_BHnn.sum(-1, dtype=torch.int32) - 1)
+    assert flex_mask.seq_lengths == (700, 700)
+
+
+def test_backend_rule_on_cpu_and_forcing():
+    q_BHLd = torch.zeros(1, 2, 256, 16)
+    assert select_attention_backend(q_BHLd, 128) == "triton"  # FlexAttention's compiled kernels need CUDA here
+    with attention_backend("flex"):
+        assert select_attention_backend(q_BHLd, 128) == "flex"
+    with pytest.raises(ValueError, match="unknown backend 'dense'"), attention_backend("dense"):
+        pass
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("block_size", [128])
+def test_flex_matches_reference_forward_and_backward_on_gpu(block_size):
+    shape = (1, 4, 2, 300, 64)
+    q_BHLd, k_BGLd, v_BGLd = _qkv(shape, "cuda", torch.bfloat16)
+    block_mask_BHnn = _random_mask(shape, block_size, "cuda", keep=0.5)
+    got = _attention_grads(block_sparse_attention_flex, q_BHLd, k_BGLd, v_BGLd, block_mask_BHnn, block_size)
+    q32, k32, v32 = (t.float() for t in (q_BHLd, k_BGLd, v_BGLd))
+    want = _attention_grads(block_sparse_attention_reference, q32, k32, v32, block_mask_BHnn, block_size)
+    for name, got_t, want_t in zip(("out", "q", "k", "v"), got, want, strict=True):
+        torch.testing.assert_close(got_t.float(), want_t, **TOLERANCE[torch.bfloat16],
+                                   msg=lambda m, n=name: f"{n}: {m}")  # fmt: skip
+
+
+@pytest.mark.usefixtures("triton_interpreter")
+def test_dense_fallback_below_the_break_even_sparsity():
+    q_BHLd, k_BGLd, v_BGLd = _qkv((1, 4, 2, 256, 16))  # random q/k: flat attention; tau 0.6 skips a little
+    with force_triton():
+        sparse_out, sparse_mask, sparsity = rr_attention(q_BHLd, k_BGLd, v_BGLd, 32, 8, 0.6, dense_below=0.0)
+        dense_out, dense_mask, dense_sparsity = rr_attention(q_BHLd, k_BGLd, v_BGLd, 32, 8, 0.6,
+                                                             dense_below=float(sparsity) + 0.01)  # fmt: skip
+    assert 0.0 < sparsity.item() < 0.5  # measured 0.146: something was skipped, so the two paths differ
+    torch.testing.assert_close(dense_out, _dense_causal_sdpa(q_BHLd, k_BGLd, v_BGLd), **TOLERANCE[torch.float32])
+    assert dense_sparsity.item() == 0.0 and torch.equal(dense_mask, torch.ones_like(dense_mask).tril())
+    want = rr_attention_reference(q_BHLd, k_BGLd, v_BGLd, 32, 8, 0.6)
+    assert torch.equal(sparse_mask, want[1])
+    torch.testing.assert_close(sparse_out, want[0], **TOLERANCE[torch.float32])
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -82,7 +162,8 @@ def test_tau_one_selects_every_causal_block_and_matches_dense_attention(shape, d
     device, dtype = device_dtype
     q_BHLd, k_BGLd, v_BGLd = _qkv(shape, device, dtype)
     with force_triton():
-        out_BHLd, block_mask_BHnn, sparsity = rr_attention(q_BHLd, k_BGLd, v_BGLd, *shape[5:], tau=1.0)
+        out_BHLd, block_mask_BHnn, sparsity = rr_attention(q_BHLd, k_BGLd, v_BGLd, *shape[5:], tau=1.0,
+                                                           dense_below=0.0)  # fmt: skip
     nb = block_mask_BHnn.shape[-1]
     assert torch.equal(block_mask_BHnn, torch.ones_like(block_mask_BHnn).tril().expand(shape[0], shape[1], nb, nb))
     assert sparsity.item() == 0.0
@@ -181,7 +262,7 @@ def test_attention_kernel_at_official_block_size_splits_rows_and_keys():
 def test_triton_op_matches_reference_end_to_end():
     q_BHLd, k_BGLd, v_BGLd = _qkv(SHAPES[0])
     with force_triton():
-        out_BHLd, block_mask_BHnn, sparsity = rr_attention(q_BHLd, k_BGLd, v_BGLd, 16, 4, 0.9)
+        out_BHLd, block_mask_BHnn, sparsity = rr_attention(q_BHLd, k_BGLd, v_BGLd, 16, 4, 0.9, dense_below=0.0)
     want = rr_attention_reference(q_BHLd, k_BGLd, v_BGLd, 16, 4, 0.9)
     assert torch.equal(block_mask_BHnn, want[1]) and torch.equal(sparsity, want[2])
     torch.testing.assert_close(out_BHLd, want[0], **TOLERANCE[torch.float32])
@@ -192,7 +273,7 @@ def test_backward_matches_reference_gradients():
     q_BHLd, k_BGLd, v_BGLd = (t.requires_grad_() for t in _qkv(SHAPES[0]))
     grad_out_BHLd = torch.randn(q_BHLd.shape, generator=torch.Generator().manual_seed(3))
     with force_triton():
-        out_BHLd, _, _ = rr_attention(q_BHLd, k_BGLd, v_BGLd, 16, 4, 0.5)
+        out_BHLd, _, _ = rr_attention(q_BHLd, k_BGLd, v_BGLd, 16, 4, 0.5, dense_below=0.0)
     got = torch.autograd.grad(out_BHLd, (q_BHLd, k_BGLd, v_BGLd), grad_out_BHLd)
     want = torch.autograd.grad(rr_attention_reference(q_BHLd, k_BGLd, v_BGLd, 16, 4, 0.5)[0],
                                (q_BHLd, k_BGLd, v_BGLd), grad_out_BHLd)  # fmt: skip
@@ -202,7 +283,11 @@ def test_backward_matches_reference_gradients():
 
 @pytest.mark.usefixtures("triton_interpreter")
 def test_opcheck():
-    torch.library.opcheck(torch.ops.kernels.rr_attention.default, (*_qkv(SHAPES[0]), 16, 4, 0.9))
+    q_BHLd, k_BGLd, v_BGLd = (t.requires_grad_() for t in _qkv(SHAPES[0]))
+    torch.library.opcheck(torch.ops.kernels.rr_estimate.default, (q_BHLd.detach(), k_BGLd.detach(), 16, 4))
+    block_mask_BHnn = _random_mask(SHAPES[0], 16, "cpu")
+    torch.library.opcheck(torch.ops.kernels.rr_block_sparse_attention.default,
+                          (q_BHLd, k_BGLd, v_BGLd, block_mask_BHnn, 16))  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
-"""AdaGC semantics (official code) and the spike comparison against global-norm clipping."""
+"""AdaGC semantics (official code), per-expert units, and the spike comparison against global-norm clipping."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -113,3 +114,87 @@ def test_adagc_has_fewer_loss_spikes_than_global_clipping_on_a_spike_prone_setup
     print(f"spike score per seed: global {global_scores}, adagc {adagc_scores}")
     assert sum(global_scores) >= 4  # the setup does spike under global clipping
     assert sum(adagc_scores) * 2 < sum(global_scores)
+
+
+def _moe_params(num_experts=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"layers.0.mlp.w_up_EFD": (num_experts, 6, 5), "layers.0.mlp.w_down_EDF": (num_experts, 5, 6),
+              "layers.0.mlp.router.weight": (num_experts, 5), "norm.weight": (5,)}
+    return [(name, torch.nn.Parameter(torch.randn(shape, generator=g))) for name, shape in shapes.items()]
+
+
+def _set_moe_grads(params, seed):
+    g = torch.Generator().manual_seed(seed)
+    for _, p in params:
+        p.grad = torch.randn(p.shape, generator=g) * 0.01
+
+
+def test_spike_in_one_expert_clips_only_that_expert_slice():
+    params = _moe_params()
+    cfg = AdaGCConfig(warmup_steps=1)
+    clipper = cfg.build([n for n, _ in params])
+    access = module_gradient_access(params)
+    _set_moe_grads(params, seed=0)
+    clipper.clip(access)  # warm-up: gamma per unit
+    gamma_before = clipper.gamma
+    assert len(gamma_before["layers.0.mlp.w_up_EFD"]) == 4  # one gamma per expert slice
+    assert isinstance(gamma_before["norm.weight"], float)
+    # The second step's grads equal the first's (so nothing exceeds lambda * gamma) except expert 2's w_up.
+    _set_moe_grads(params, seed=0)
+    before = {n: p.grad.clone() for n, p in params}
+    dict(params)["layers.0.mlp.w_up_EFD"].grad[2] *= 100.0
+    stats = clipper.clip(access)
+    assert stats.num_clipped == 1
+    w_up = dict(params)["layers.0.mlp.w_up_EFD"].grad
+    limit = cfg.lambda_rel * gamma_before["layers.0.mlp.w_up_EFD"][2]
+    assert float(w_up[2].norm()) == pytest.approx(limit, rel=1e-4)
+    for expert in (0, 1, 3):
+        assert torch.equal(w_up[expert], before["layers.0.mlp.w_up_EFD"][expert])
+    for name in ("layers.0.mlp.w_down_EDF", "layers.0.mlp.router.weight", "norm.weight"):
+        assert torch.equal(dict(params)[name].grad, before[name])
+
+
+def test_per_expert_off_clips_the_whole_stack():
+    params = _moe_params()
+    clipper = AdaGCConfig(warmup_steps=1, per_expert=False).build([n for n, _ in params])
+    access = module_gradient_access(params)
+    _set_moe_grads(params, seed=0)
+    clipper.clip(access)
+    assert isinstance(clipper.gamma["layers.0.mlp.w_up_EFD"], float)
+    _set_moe_grads(params, seed=0)
+    before = dict(params)["layers.0.mlp.w_up_EFD"].grad.clone()
+    dict(params)["layers.0.mlp.w_up_EFD"].grad[2] *= 100.0
+    assert clipper.clip(access).num_clipped == 1
+    w_up = dict(params)["layers.0.mlp.w_up_EFD"].grad
+    assert float(w_up[0].norm()) < 0.5 * float(before[0].norm())  # the healthy experts are scaled down too
+
+
+def test_state_with_one_value_per_stack_seeds_every_expert():
+    params = _moe_params()
+    clipper = AdaGCConfig(warmup_steps=1).build([n for n, _ in params])
+    clipper.load_state_dict({"gamma": {"layers.0.mlp.w_up_EFD": 0.5}, "step": 3})
+    _set_moe_grads(params, seed=0)
+    clipper.clip(module_gradient_access(params))
+    gamma = clipper.gamma["layers.0.mlp.w_up_EFD"]
+    assert len(gamma) == 4 and all(abs(g - 0.5) < 0.01 for g in gamma)  # EMA moved from 0.5, not reset
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to count host syncs")
+def test_one_host_sync_per_step_on_gpu():
+    params = [(n, torch.nn.Parameter(p.detach().cuda())) for n, p in _moe_params() + _params(20)]
+    clipper = AdaGCConfig(warmup_steps=1).build([n for n, _ in params])
+    access = module_gradient_access(params)
+    for step in range(3):
+        for _, p in params:
+            p.grad = torch.randn_like(p) * (0.01 if step < 2 else 1.0)  # step 3 clips most units
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                clipper.clip(access)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        assert len(syncs) <= 2, [str(w.message) for w in syncs]  # the stats transfer (+ its pinned copy)

@@ -12,6 +12,7 @@ from jobs import pretrain as pretrain_job
 from jobs import rl as rl_job
 from jobs import train_reward_model as rm_job
 from jobs.cli import run_entry
+from rl_platform.checkpointing import CheckpointStore
 from rl_platform.config import ConfigError
 
 ENTRIES = {
@@ -19,6 +20,7 @@ ENTRIES = {
     "pretrain": (pretrain_job, "pretrain_smoke"),
     "train_reward_model": (rm_job, "rm_smoke"),
 }
+CHECKPOINTS = {"rl": "rl", "pretrain": "pretrain", "train_reward_model": None}  # folder under <run>/checkpoints/
 
 
 def _main(entry: str, *args: str) -> int:
@@ -76,6 +78,9 @@ RL_CROSS_FIELD_ERRORS = [
     (["learner.num_minibatches=17"], "learner.num_minibatches=17 must be <= the rollouts per step (16"),
     (["base_model.pretrain_recipe=nope"], "base_model.pretrain_recipe='nope' is unknown"),
     (["base_model.path=/nonexistent/model"], "base_model.path='/nonexistent/model' has no config.json"),
+    (["base_model.pretrain_recipe="], "base_model: this recipe needs a model: --set base_model.path="),
+    (["base_model.pretrain_overrides=run.sed=1"], "base_model.pretrain_overrides='run.sed=1': --set run.sed=1: "
+                                                  "unknown key 'run.sed'"),
 ]
 PRETRAIN_CROSS_FIELD_ERRORS = [
     (["data.seq_len=2048"], "model.max_position_embeddings=1024 must be >= data.seq_len=2048"),
@@ -94,6 +99,15 @@ def test_cross_field_errors_exit_2_with_one_line_before_anything_starts(entry, o
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith(f"error: jobs.{entry}: ") and message in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unsupported_model_architecture_is_refused_by_the_dry_run(tmp_path, capsys, nothing_starts):
+    model = tmp_path / "mixtral"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral"}))
+    assert _main("rl", "--set", f"base_model.path={model}", "--dry-run") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: jobs.rl: base_model.path='{model}': ") and "MixtralForCausalLM" in err
 
 
 def test_cross_field_rules_run_after_all_overrides_so_their_order_does_not_matter(tmp_path, capsys):
@@ -117,14 +131,28 @@ def test_existing_run_dir_needs_resume_and_resume_needs_an_existing_run_dir(entr
     assert "--resume needs --run-dir" in capsys.readouterr().err
     assert _main(entry, "--resume", "--run-dir", str(tmp_path / "missing"), *extra) == 2
     assert "does not exist" in capsys.readouterr().err
+    role = CHECKPOINTS[entry]
+    if role is None:  # keeps no checkpoints (a run takes minutes): --resume reruns or reports a finished run
+        assert _main(entry, "--resume", "--run-dir", str(run_dir), *extra) == 0
+        assert f"run dir: {run_dir} (resume)" in capsys.readouterr().out
+        return
+    # the same rule for every entry that keeps checkpoints: --resume needs one, never a silent fresh start
+    assert _main(entry, "--resume", "--run-dir", str(run_dir), *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: jobs.{entry}: --resume: no checkpoint to resume from in {run_dir / 'checkpoints'}")
+    assert "Run without --resume" in err and len(err.splitlines()) == 1
+    CheckpointStore(run_dir / "checkpoints" / role).save(
+        3, lambda staging, tag: (staging / tag).mkdir() or (staging / tag / "state.pt").write_bytes(b"x"), meta={})
     assert _main(entry, "--resume", "--run-dir", str(run_dir), *extra) == 0
-    assert f"run dir: {run_dir} (resume)" in capsys.readouterr().out
+    assert f"run dir: {run_dir} (resume from step-00000003)" in capsys.readouterr().out
 
 
 def test_resume_reports_settings_that_differ_from_the_saved_run(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps({"recipe": "pretrain_smoke", "config": {"loop": {"num_steps": 6}}}))
+    CheckpointStore(run_dir / "checkpoints" / "pretrain").save(
+        2, lambda staging, tag: (staging / tag).mkdir() or (staging / tag / "state.pt").write_bytes(b"x"), meta={})
     assert _main("pretrain", "--resume", "--run-dir", str(run_dir), "--set", "loop.num_steps=9", "--dry-run") == 0
     assert "differs from the run's saved config: loop.num_steps: 6 -> 9" in capsys.readouterr().out
 

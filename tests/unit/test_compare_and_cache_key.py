@@ -85,3 +85,10 @@ def test_cache_key_covers_what_changes_the_weights_and_nothing_else():
 def test_cache_folder_is_named_after_recipe_and_key(tmp_path):
     root, config = cache_dir_for(BaseModelConfig(pretrain_recipe="pretrain_tiny", cache_dir=str(tmp_path)))
     assert root.parent == tmp_path and root.name == f"pretrain_tiny-{_key_dir(config)[:10]}"
+
+
+def test_pretrain_overrides_pick_their_own_cache_folder():
+    default, _ = cache_dir_for(BaseModelConfig())
+    seeded, config = cache_dir_for(BaseModelConfig(pretrain_overrides=("run.seed=1",)))
+    assert config.run.seed == 1 and seeded != default
+    assert seeded.name == f"pretrain_tiny-{_key_dir(dataclasses.replace(pretrain_tiny(), run=config.run))[:10]}"

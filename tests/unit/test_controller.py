@@ -70,3 +70,11 @@ def test_a_step_with_only_flat_groups_skips_the_update_and_keeps_the_version():
     assert trainer.seen == [] and gen.loaded == [] and ctrl.policy_version == 0
     assert metrics["train/skipped"] == 1.0 and metrics["train/rows"] == 0.0
     ctrl.run_step(1)  # the engine still serves version 0, which is what the controller expects
+
+
+def test_rollout_entropy_estimate_covers_every_sampled_token_including_flat_groups():
+    # every fake completion samples tokens with engine logprobs [-0.5, -0.1]: mean surprisal 0.3 nats/token,
+    # also for the flat group that the update leaves out (policy/entropy only sees trained tokens)
+    ctrl, _, _ = _controller(flat_prompts=frozenset({"train/0.1"}))
+    metrics = ctrl.run_step(0)
+    assert metrics["rollout/entropy"] == pytest.approx(0.3)

@@ -21,3 +21,13 @@ def test_greedy_pass_rate_uses_the_plain_prefix():
     metrics = evaluate_pass_rate(FakeGenerator(), FakeScorer(), prompts(0, 3),
                                  SamplingConfig(num_samples_per_prompt=2, temperature=0.0), pass_threshold=1.0)
     assert metrics["eval/pass_rate"] == pytest.approx(0.5)  # samples 0 and 1 of each prompt: one passes
+
+
+def test_chunked_evaluation_reports_progress_per_chunk_and_gives_the_same_metrics():
+    sampling = SamplingConfig(num_samples_per_prompt=4)
+    whole = evaluate_pass_rate(FakeGenerator(), FakeScorer(), prompts(0, 5), sampling, pass_threshold=1.0)
+    done: list[int] = []
+    chunked = evaluate_pass_rate(FakeGenerator(), FakeScorer(), prompts(0, 5), sampling, pass_threshold=1.0,
+                                 chunk_size=2, on_chunk=done.append)
+    assert done == [2, 2, 1]  # prompts per finished chunk
+    assert chunked == whole

@@ -136,6 +136,7 @@ def test_gradient_is_invariant_to_the_micro_batch_split(loss):
     one, four = grad(1), grad(4)
     assert one.abs().sum() > 0
     torch.testing.assert_close(four, one, atol=1e-6, rtol=0)
+    assert torch.equal(one[mask == 0], torch.zeros_like(one[mask == 0]))  # padding and the failed row: exactly 0
 
 
 def test_tis_truncates_the_train_inference_ratio_at_the_cap():

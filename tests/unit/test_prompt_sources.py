@@ -135,3 +135,21 @@ def test_held_out_pass_rate_is_also_reported_per_task_and_tabled_in_the_report()
     assert metrics["eval/pass_rate/a"] == pytest.approx(1 / 3) and metrics["eval/pass_rate/b"] == 0.0
     table = task_table([{"eval/pass_rate/a": 0.1, "eval/pass_rate/b": 0.0}], metrics)
     assert "| a | 0.100 | 0.333 |" in table[-2] and table[-1].startswith("| b | 0.000 | 0.000 |")
+
+
+@pytest.mark.parametrize("kind", ["arithmetic", "file", "reasoning_gym"])
+def test_resample_stream_is_prefix_stable_reproducible_and_never_reuses_a_batch_id(kind, data_files, tokenizer):
+    # DAPO refills take the next prompts of the step's re-sample stream round after round; the training stream
+    # cannot lend them (the file source's batch of a step is fixed by step * batch size, so train_batch(step, n + k)
+    # [n:] would be rows of later steps' batches)
+    from rl_platform.tasks.prompts import ArithmeticPromptsConfig
+
+    config = {"arithmetic": ArithmeticPromptsConfig(), "file": _file_config(data_files / "rows.jsonl"),
+              "reasoning_gym": RG_MIX}[kind]
+    source, again = config.build(tokenizer, seed=3), config.build(tokenizer, seed=3)
+    ids = [p.prompt_id for p in source.resample_batch(2, 0, 5)]
+    assert [p.prompt_id for p in source.resample_batch(2, 0, 2) + source.resample_batch(2, 2, 3)] == ids
+    assert [p.text for p in again.resample_batch(2, 1, 3)] == [p.text for p in source.resample_batch(2, 0, 5)[1:4]]
+    assert len(set(ids)) == 5 and [p.prompt_id for p in source.resample_batch(3, 0, 5)] != ids
+    batch_ids = {p.prompt_id for step in range(4) for p in source.train_batch(step, 8)}
+    assert not batch_ids & {p.prompt_id for step in range(4) for p in source.resample_batch(step, 0, 8)}

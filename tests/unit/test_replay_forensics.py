@@ -111,9 +111,9 @@ def test_decomposition_attributes_a_layer1_route_flip_to_routing_at_layer1(model
 
 
 def test_worst_tokens_explain_the_token_after_a_forced_rare_expert(model):
+    probs = score(model, _batch(model), with_router=True).probs_BSLE
+
     def rare_layer0(routes, p):  # force, at position p+1, the expert the learner ranks last
-        with torch.no_grad():
-            probs = score(model, _batch(model), with_router=True).probs_BSLE
         worst = int(probs[0, p + 1, 0].argmin())
         routes[p + 1, 0, -1] = worst
         return routes
@@ -132,3 +132,28 @@ def test_worst_tokens_explain_the_token_after_a_forced_rare_expert(model):
     assert set(layer0) >= {"engine", "learner_live", "applied", "applied_prob", "applied_rank", "gates"}
     stats = rare_forced_expert_stats(router_pass, applied, torch.ones_like(batch.mask_BS), CONFIG.top_k)
     assert stats["forced_rank_ge_2k_frac"] > 0.0
+
+
+def test_prefix_cache_check_counts_only_what_the_engine_served_from_its_cache():
+    from types import SimpleNamespace
+
+    from rl_platform.engine_scoring import cached_prompt_tokens
+
+    # a repeated 70-token prompt with 32-token blocks: two full blocks *could* come from the cache, but an
+    # engine that reports none served (cache off, evicted) must not have its positions counted as cached
+    assert cached_prompt_tokens(SimpleNamespace(num_cached_tokens=0), 70, 32, repeat=True) == 0
+    assert cached_prompt_tokens(SimpleNamespace(num_cached_tokens=64), 70, 32, repeat=True) == 64
+    assert cached_prompt_tokens(SimpleNamespace(num_cached_tokens=70), 70, 32, repeat=True) == 69
+    assert cached_prompt_tokens(SimpleNamespace(), 70, 32, repeat=True) == 64  # no count reported: full blocks
+    assert cached_prompt_tokens(SimpleNamespace(), 70, 32, repeat=False) == 0
+
+
+def test_short_prompts_are_chained_so_the_prefix_cache_serves_a_block():
+    from rl_platform.engine_scoring import chain_prompts
+
+    prompts = [[1, 5, 6], [1, 7], [1, 8, 9, 10]]
+    chained = chain_prompts(prompts, min_len=8)
+    assert [len(c) >= 8 for c in chained] == [True, True, True]
+    assert chained[0][:3] == [1, 5, 6] and chained[0][3:5] == [1, 7]  # own prompt first, then the next ones
+    assert chained[2][:4] == [1, 8, 9, 10] and chained[2][4:7] == [1, 5, 6]
+    assert chain_prompts([[1] * 9], min_len=8) == [[1] * 9]  # long enough already: unchanged

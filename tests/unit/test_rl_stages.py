@@ -14,7 +14,7 @@ from rl_platform.dynamic_sampling import DynamicSampler, DynamicSamplingConfig, 
 from rl_platform.tasks.hints import hinted_prompt
 from rl_platform.types import Completion, Prompt, RewardResult, Rollout
 from rl_platform.wpsm import WPSM, WPSMConfig, response_entropy
-from tests.fakes import FakeGenerator, FakeScorer, FakeTrainer, prompts
+from tests.fakes import FakeGenerator, FakeScorer, FakeTrainer, prompts, resample_prompts
 
 
 def _rollout(text: str, reward: float | None, logprobs=(-0.5, -0.5), index: int = 0, prompt_id: str = "p") -> Rollout:
@@ -139,7 +139,7 @@ def test_dynamic_sampling_refills_with_signal_groups_within_the_round_budget():
         calls.append(k)
         return [flat] * (k - 1) + [signal]  # one useful group per round
 
-    sampler = DynamicSampler(DynamicSamplingConfig(enabled=True, max_rounds=2, oversample=1.0))
+    sampler = DynamicSampler(DynamicSamplingConfig(enabled=True, max_rounds=2, oversample=1.0), resample_prompts)
     groups, metrics = sampler.fill([signal, flat, flat, flat], target=4, sample_more=more)
     assert calls == [3, 2] and len(groups) == 3 and all(has_signal(g) for g in groups)
     assert metrics == {"dapo/resample_rounds": 2.0, "dapo/generated_groups": 9.0, "dapo/short_groups": 1.0}
@@ -150,7 +150,8 @@ def test_dynamic_sampling_refills_with_signal_groups_within_the_round_budget():
 def _controller(flat_prompts, **loop):
     gen, scorer, trainer = FakeGenerator(), FakeScorer(frozenset(flat_prompts)), FakeTrainer()
     ctrl = Controller(gen, scorer, trainer, prompts, ControllerConfig(num_prompts_per_step=3, **loop),
-                      SamplingConfig(num_samples_per_prompt=4, seed=100), hint_prompt=_hint)
+                      SamplingConfig(num_samples_per_prompt=4, seed=100), hint_prompt=_hint,
+                      resample_prompts=resample_prompts)
     return ctrl, trainer
 
 
@@ -163,13 +164,27 @@ def test_controller_trains_on_hinted_groups_and_reports_the_unhinted_reward():
     assert metrics["reward/zero_signal_group_frac"] == pytest.approx(1 / 3)  # as first sampled
 
 
-def test_controller_refills_flat_groups_from_the_step_prompt_stream():
-    ctrl, trainer = _controller({"train/0.0", "train/0.1"}, dynamic_sampling=DynamicSamplingConfig(enabled=True))
+def test_controller_refills_flat_groups_from_the_step_resample_stream():
+    ctrl, trainer = _controller({"train/0.0", "train/0.1", "train/0.r0"},
+                                dynamic_sampling=DynamicSamplingConfig(enabled=True, max_rounds=3))
     metrics = ctrl.run_step(0)
     rollouts, _ = trainer.seen[0]
     ids = [r.prompt.prompt_id for r in rollouts[::4]]
-    assert ids == ["train/0.2", "train/0.3", "train/0.4"]  # 2 missing groups * 1.5 = 3 new prompts, 2 kept
+    # 2 missing groups * 1.5 = 3 new prompts (r0 flat), then 1 missing * 1.5 = 2 more: the stream continues at r3
+    assert ids == ["train/0.2", "train/0.r1", "train/0.r2"]
     assert metrics["dapo/resample_rounds"] == 1.0 and metrics["dapo/generated_groups"] == 6.0
+    ctrl, trainer = _controller({"train/1.0", "train/1.1", "train/1.r0", "train/1.r1"},
+                                dynamic_sampling=DynamicSamplingConfig(enabled=True, max_rounds=3))
+    metrics = ctrl.run_step(1)
+    ids = [r.prompt.prompt_id for r in trainer.seen[0][0][::4]]
+    assert ids == ["train/1.2", "train/1.r2", "train/1.r3"]
+    assert metrics["dapo/resample_rounds"] == 2.0 and metrics["dapo/generated_groups"] == 3 + 3 + 2
+
+
+def test_dynamic_sampling_without_a_resample_stream_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="resample_batch.*dynamic_sampling.enabled=false"):
+        Controller(FakeGenerator(), FakeScorer(), FakeTrainer(), prompts,
+                   ControllerConfig(dynamic_sampling=DynamicSamplingConfig(enabled=True)), SamplingConfig())
 
 
 def test_controller_wpsm_reweights_before_the_update():

@@ -48,6 +48,7 @@ def test_prefill_scores_reproduce_the_engines_sampling_log_probs_and_routes(scor
 def test_prefix_cached_prompt_routes_equal_a_fresh_prefill(scorer):
     report = scorer.prefix_cache_check(_prompts(4, 40, 90, seed=2), num_samples=3)
     assert report["block_size"] == 32
+    assert report["cached_counts_from_engine"]  # vLLM said how many prompt tokens came from its cache
     assert report["cached_prompt_positions"] > 0 and report["cached_routes_compared"] > 0
     assert report["cached_routes_equal_frac"] == 1.0
     assert report["computed_routes_equal_frac"] == 1.0
