@@ -41,6 +41,11 @@ class LearnerWorker:
         """name -> CPU copy of every trainable parameter (for tests that check what changed)."""
         return {n: p.detach().clone() for n, p in self.learner.model.named_parameters() if p.requires_grad}
 
+    def frozen_parameters(self) -> dict:
+        """name -> CPU copy of every frozen parameter (LoRA's base), under the base model's names."""
+        return {n.replace(".base_layer", ""): p.detach().clone()
+                for n, p in self.learner.model.named_parameters() if not p.requires_grad}
+
     def teacher_forced_logprobs(self, token_ids: list[int]) -> list[float]:
         import torch
 
