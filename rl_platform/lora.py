@@ -67,6 +67,15 @@ class LoRAConfig:
     def scaling(self) -> float:
         return self.alpha / (self.rank ** 0.5 if self.use_rslora else self.rank)
 
+    def describe(self) -> str:
+        """One line for a run's plan: what the learner trains."""
+        if not self.enabled:
+            return "every weight (full-parameter)"
+        router = "router trained" if self.train_router else "router frozen"
+        return (f"LoRA adapters only (rank {self.rank}, alpha {self.alpha:g}, dropout {self.dropout:g}) on "
+                f"{', '.join(self.targets)}; {router}; KL reference = the base with adapters off; the engines "
+                "load merged weights")
+
 
 def linear_targets(module: nn.Module, targets: Sequence[str]) -> list[str]:
     """Full names of the nn.Linear modules of `module` that the target groups select."""
