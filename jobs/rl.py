@@ -181,6 +181,9 @@ def _loop(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, s
     final = evaluate(num_steps)
     checkpoints.save(trainer, num_steps)
     policy_dir = trainer.export(str(run_dir.path / "models" / "policy"))
+    if config.learner.elastic.enabled:  # elastic RL post-trained the whole family: ship every member
+        family = trainer.call("export_family", str(run_dir.path / "models"), policy_dir)
+        print(f"family: {', '.join(family)} under {run_dir.path / 'models'} (family.json)")
     report = write_rl_report(run_dir.path, first, final, policy_dir)
     for key, label in (("eval/pass_rate", "greedy"), ("eval/sampled_pass_rate", "sampled")):
         if key in final:

@@ -27,13 +27,19 @@ sampler mismatch.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
 from rl_platform.batching import TrainingBatch
+from rl_platform.lora import LoRAPolicy
+from rl_platform.model.adapter import MoETransformerAdapter
 from rl_platform.model.config import MoEModelConfig, SubModel
-from rl_platform.model.elastic import ElasticConfig, sample_submodel
+from rl_platform.model.elastic import ElasticConfig, named_family, sample_submodel
+from rl_platform.model.hf_interop import export_hf
 from rl_platform.rl_metrics import train_infer_metrics
 
 
@@ -87,3 +93,22 @@ class ElasticRL:
 def build_elastic(config: ElasticConfig, model: MoEModelConfig, seed: int) -> ElasticRL | None:
     """The learner's sub-model sampler, or None when elastic RL is off."""
     return ElasticRL(config, model, seed) if config.enabled else None
+
+
+def export_family(policy: MoETransformerAdapter | LoRAPolicy, out_dir: str | Path, *, full_dir: str | Path,
+                  tokenizer=None) -> dict[str, str]:
+    """Writes every named family member but the full model (exported already, at `full_dir`) as a Hugging Face
+    directory `out_dir/<name>` (merged weights under LoRA), and `out_dir/family.json` listing all of them."""
+    out = Path(out_dir)
+    base = policy.base if isinstance(policy, LoRAPolicy) else policy
+    config = policy.module.config
+    family = named_family(config)
+    dirs = {"full": str(full_dir)}
+    with policy.merged_weights() if isinstance(policy, LoRAPolicy) else nullcontext():
+        for name, submodel in family.items():
+            if name != "full":
+                dirs[name] = str(export_hf(policy.module, out / name, tokenizer=tokenizer, submodel=submodel,
+                                           base_config=base.base_config))
+    listing = {name: {"path": path, "shape": family[name].describe(config)} for name, path in dirs.items()}
+    (out / "family.json").write_text(json.dumps(listing, indent=2) + "\n")
+    return dirs

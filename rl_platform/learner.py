@@ -33,7 +33,7 @@ from kernels.fused_logprobs import fused_logprobs
 from rl_platform.batching import TrainingBatch, build_training_batch
 from rl_platform.checkpointing import CheckpointError, CheckpointStore, checkpoint_to_load
 from rl_platform.config import ConfigError, check
-from rl_platform.elastic_rl import build_elastic
+from rl_platform.elastic_rl import build_elastic, export_family
 from rl_platform.lora import LoRAConfig, reference_policy, wrap_policy
 from rl_platform.losses import GRPOLossConfig, LossConfig, PolicyLossInputs
 from rl_platform.model.adapter import ModelAdapter, load_adapter
@@ -363,3 +363,8 @@ class Learner:
 
     def export(self, path: str, tokenizer=None) -> str:
         return str(self.policy.export(path, tokenizer=tokenizer))
+
+    def export_family(self, out_dir: str, full_dir: str, tokenizer=None) -> dict[str, str]:
+        """Every family member of the trained policy as a Hugging Face directory under `out_dir` (elastic RL);
+        the full model is the one `export` wrote to `full_dir`."""
+        return export_family(self.policy, out_dir, full_dir=full_dir, tokenizer=tokenizer)

@@ -202,3 +202,31 @@ def _inputs(logprobs_BS, batch):
                             generator_logprobs_BS=batch.generator_logprobs_BS,
                             old_logprobs_t1_BS=logprobs_BS.detach(), num_global_tokens=batch.num_tokens,
                             num_global_seqs=num_seqs)
+
+
+def test_every_family_member_of_an_elastic_lora_policy_exports_and_loads_in_transformers(base_dir, tmp_path):
+    """After elastic LoRA RL, each named member is written merged and computes in transformers what the learner's
+    own forward of that sub-model computes (vLLM serves the same export format: tests/integration/
+    test_vllm_parity.py serves an exported sub-model)."""
+    from transformers import AutoModelForCausalLM
+
+    from rl_platform.model.elastic import named_family
+
+    config = LearnerConfig(micro_batch_size=8, elastic=ElasticConfig(enabled=True), lora=LORA)
+    config.optim.lr = 1e-2
+    learner = Learner(config, str(base_dir))
+    for seed in (3, 4):
+        learner.train_on_rollouts(*_rollouts(base_dir, seed=seed))
+    full_dir = learner.export(str(tmp_path / "models" / "policy"))
+    dirs = learner.export_family(str(tmp_path / "models"), full_dir)
+    family = named_family(CONFIG)
+    assert set(dirs) == set(family) and len(family) >= 4
+    ids = torch.tensor([[1, 5, 7, 9, 11, 13, 20, 21]])
+    base = AutoModelForCausalLM.from_pretrained(str(base_dir)).eval()
+    for name, submodel in family.items():
+        with torch.no_grad():
+            ours = learner.model.logits(learner.policy(ids, submodels=[submodel]).hidden_BSD)
+            theirs = AutoModelForCausalLM.from_pretrained(dirs[name]).eval()(ids).logits
+        assert (theirs - ours).abs().max() < 1e-4, name
+        if name == "full":
+            assert (base(ids).logits - ours).abs().max() > 1e-3  # the adapters reached the export
