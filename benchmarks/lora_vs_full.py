@@ -9,7 +9,8 @@ variant runs in a fresh process on the same synthetic batch of the demo's size (
 response tokens; engine log-probs and routes from the base model itself, so R3 replays real routes).
 Reported per variant: the learner's peak RSS (the process's high-water mark, reset after the batch is built,
 so it counts the learner's weights, reference, optimizer state and one update's activations), the median
-seconds of one update (`train_on_rollouts`, after one warm-up), trainable parameters; ratios against full.
+CPU seconds (user + sys of the process, robust to other load on a shared machine) and wall seconds of one
+update (`train_on_rollouts`, after one warm-up), trainable parameters; ratios against full.
 Held-out pass@1 after the same number of RL steps needs whole RL runs and is not measured here.
 """
 
@@ -87,13 +88,15 @@ def run_variant(model_path: str, rank: int, steps: int) -> dict:
     if rank:
         config.lora = LoRAConfig(enabled=True, rank=rank, alpha=2.0 * rank)
     learner = Learner(config, model_path, seed=0)
-    times = []
+    times, cpu = [], []
     for _ in range(steps + 1):  # the first is a warm-up
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         learner.train_on_rollouts(rollouts, advantages)
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     trainable = sum(p.numel() for p in learner.model.parameters() if p.requires_grad)
-    return {"rank": rank, "update_seconds": statistics.median(times[1:]), "update_seconds_all": times[1:],
+    return {"rank": rank, "update_cpu_seconds": statistics.median(cpu[1:]), "update_cpu_seconds_all": cpu[1:],
+            "update_seconds": statistics.median(times[1:]), "update_seconds_all": times[1:],
             "peak_rss_mib": _rss_mib("VmHWM"), "trainable_params": trainable,
             "total_params": sum(p.numel() for p in learner.model.parameters()),
             "reference": "base view (no copy)" if rank else "frozen copy" if learner.reference is not None else "none"}
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/base_tiny_900/models/full")
     parser.add_argument("--ranks", default="8,32")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lora_vs_full.json"))
     parser.add_argument("--one", type=int, metavar="RANK", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -127,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(results, indent=2) + "\n")  # a stopped run keeps what it measured
     ref = results["variants"]["full"]
     for name, row in results["variants"].items():
+        row["cpu_vs_full"] = row["update_cpu_seconds"] / ref["update_cpu_seconds"]
         row["time_vs_full"] = row["update_seconds"] / ref["update_seconds"]
         row["rss_vs_full"] = row["peak_rss_mib"] / ref["peak_rss_mib"]
-        print(f"{name:9s} update {row['update_seconds']:7.2f} s ({row['time_vs_full']:.2f}x full)  peak RSS "
+        print(f"{name:9s} update {row['update_cpu_seconds']:7.2f} CPU s ({row['cpu_vs_full']:.2f}x full), wall "
+              f"{row['update_seconds']:7.2f} s ({row['time_vs_full']:.2f}x)  peak RSS "
               f"{row['peak_rss_mib']:8.1f} MiB ({row['rss_vs_full']:.2f}x)  trainable {row['trainable_params']:,} "
               f"of {row['total_params']:,}  reference: {row['reference']}")
     out.write_text(json.dumps(results, indent=2) + "\n")
