@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from actors.cpu_share import CpuShare
 from rl_platform.learner import Learner, LearnerConfig
 from rl_platform.run_dir import setup_logging
 from rl_platform.types import PolicyWeights, Rollout
@@ -12,11 +13,9 @@ from rl_platform.types import PolicyWeights, Rollout
 class LearnerWorker:
     """Implements rl_platform.protocols.PolicyTrainer."""
 
-    def __init__(self, config: LearnerConfig, model_path: str, seed: int, num_threads: int = 2) -> None:
+    def __init__(self, config: LearnerConfig, model_path: str, seed: int, cpu: CpuShare | None = None) -> None:
         setup_logging("learner")
-        import torch
-
-        torch.set_num_threads(num_threads)
+        (cpu or CpuShare(threads=2)).apply()
         self.learner = Learner(config, model_path, seed=seed)
         from rl_platform.model.tokenizer import load_tokenizer
 

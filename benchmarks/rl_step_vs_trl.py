@@ -2,10 +2,13 @@
 (use_vllm=False, HF generate) on the same model, prompts, group size, completion length and optimizer
 settings, in one run. Prints the ratio of step times and of generated tokens/s; writes JSON.
 
-    python benchmarks/rl_step_vs_trl.py [--model DIR] [--steps 4] [--out benchmarks/results/rl_step_vs_trl.json]
+    python benchmarks/rl_step_vs_trl.py [--model DIR] [--steps 5] [--modes sync,urb] [--shapes 16x8x48]
+                                        [--out benchmarks/results/rl_step_vs_trl.json]
 
-Both sides generate exactly `max_tokens` tokens per completion (EOS ignored), so the work is equal. The
-first step of each side (engine/compile warm-up) is reported separately and excluded from the ratio.
+Both sides generate exactly `max_tokens` tokens per completion (EOS ignored), so the work is equal. Our step
+runs in each rollout mode asked for (`sync`: generate, then train; `urb`: the engines generate the next steps'
+groups while the learner trains, docs/async_rl.md); its time is the wall time between the ends of two steps.
+The first step of each side (engine/compile warm-up, filling the pipeline) is excluded from the ratio.
 """
 
 from __future__ import annotations
@@ -21,10 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHAPES = [  # (prompts, samples per prompt, completion tokens)
-    (4, 4, 16),  # the batch TRL's step was timed on in docs/results.md
-    (16, 8, 48),  # the demo recipe's (grpo_tiny) batch
-]
 LR = 1e-5
 
 
@@ -47,12 +46,13 @@ def make_model(out: Path) -> Path:
     return export_hf(MoETransformer(config.model), out, tokenizer=tokenizer)
 
 
-def bench_ours(model: Path, prompts_n: int, group: int, tokens: int, steps: int) -> dict:
+def bench_ours(model: Path, prompts_n: int, group: int, tokens: int, steps: int, mode: str) -> dict:
     import ray
 
     from actors.remote import ActorResources, start_roles
     from actors.rollout import RolloutEngineConfig
     from rewards.python_function import PythonFunctionConfig
+    from rl_platform.config import apply_overrides
     from rl_platform.controller import Controller, ControllerConfig, SamplingConfig
     from rl_platform.learner import LearnerConfig
     from rl_platform.model.tokenizer import load_tokenizer
@@ -62,23 +62,24 @@ def bench_ours(model: Path, prompts_n: int, group: int, tokens: int, steps: int)
 
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     try:
+        loop = apply_overrides(ControllerConfig(num_prompts_per_step=prompts_n), [f"rollout={mode}"])
         learner = LearnerConfig(routing_replay="R3", micro_batch_size=prompts_n * group, optim=OptimConfig(
             lr=LR, warmup_steps=0, schedule="constant", weight_decay=0.0, clipping=NoClipConfig()))
+        learner.loss = loop.rollout.with_default_correction(learner.loss)
         roles = start_roles(model_path=str(model), rollout=RolloutEngineConfig(max_model_len=256), learner=learner,
                             reward_config=PythonFunctionConfig(path="benchmarks.rl_step_vs_trl:digit_reward"),
-                            resources=ActorResources(num_reward_workers=1), seed=0)
+                            resources=ActorResources(num_reward_workers=1), seed=0, overlap=loop.rollout.overlap)
         prompts = ArithmeticPrompts(ArithmeticPromptsConfig(), load_tokenizer(model), seed=0)
         sampling = SamplingConfig(num_samples_per_prompt=group, max_tokens=tokens, temperature=1.0, ignore_eos=True)
-        controller = Controller(*roles, prompts.train_batch, ControllerConfig(num_prompts_per_step=prompts_n),
-                                sampling)
-        controller.generator.handles  # noqa: B018 - the Ray clients are ready
+        controller = Controller(*roles, prompts.train_batch, loop, sampling)
         step_s, gen_tok_s, phases = [], [], []
         for step in range(steps):
             metrics = controller.run_step(step)
-            step_s.append(metrics["perf/step_seconds"])
+            step_s.append(metrics["perf/step_wall_seconds"])
             gen_tok_s.append(metrics["perf/generate_tokens_per_s"])
-            phases.append({k: metrics[k] for k in metrics if k.startswith("timing/")})
-        return {"step_seconds": step_s, "generate_tokens_per_s": gen_tok_s, "phases": phases}
+            phases.append({k: metrics[k] for k in metrics if k.startswith(("timing/", "perf/"))})
+        controller.close()
+        return {"mode": mode, "step_seconds": step_s, "generate_tokens_per_s": gen_tok_s, "phases": phases}
     finally:
         ray.shutdown()
 
@@ -113,32 +114,36 @@ def bench_trl(model: Path, prompts_n: int, group: int, tokens: int, steps: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="", help="HF directory (default: a random model of the demo's shape)")
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--modes", default="sync,urb", help="our rollout modes to measure")
+    parser.add_argument("--shapes", default="4x4x16,16x8x48",
+                        help="prompts x samples x tokens, comma-separated (16x8x48 is the demo batch)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rl_step_vs_trl.json"))
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "disabled")
+    shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.shapes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else make_model(Path(tmp) / "model")
         results = []
-        for prompts_n, group, tokens in SHAPES:
-            ours = bench_ours(model, prompts_n, group, tokens, args.steps)
+        for prompts_n, group, tokens in shapes:
             trl = bench_trl(model, prompts_n, group, tokens, args.steps)
-            ours_warm = statistics.median(ours["step_seconds"][1:])
             trl_warm = statistics.median(trl["step_seconds"][1:])
-            row = {"prompts": prompts_n, "samples_per_prompt": group, "completion_tokens": tokens,
-                   "ours": ours, "trl": trl, "ours_step_s_median": ours_warm, "trl_step_s_median": trl_warm,
-                   "step_time_ratio_trl_over_ours": trl_warm / ours_warm,
-                   "ours_generate_tokens_per_s_median": statistics.median(ours["generate_tokens_per_s"][1:])}
-            # TRL does not time generation separately; whole-step tokens/s is an upper bound of its generation rate
-            row["trl_step_tokens_per_s"] = prompts_n * group * tokens / trl_warm
-            row["ours_step_tokens_per_s"] = prompts_n * group * tokens / ours_warm
+            row = {"prompts": prompts_n, "samples_per_prompt": group, "completion_tokens": tokens, "trl": trl,
+                   "trl_step_s_median": trl_warm, "trl_step_tokens_per_s": prompts_n * group * tokens / trl_warm,
+                   "ours": {}}
+            for mode in args.modes.split(","):
+                ours = bench_ours(model, prompts_n, group, tokens, args.steps, mode)
+                ours_warm = statistics.median(ours["step_seconds"][1:])
+                ours.update(step_s_median=ours_warm, step_time_ratio_trl_over_ours=trl_warm / ours_warm,
+                            step_tokens_per_s=prompts_n * group * tokens / ours_warm,
+                            generate_tokens_per_s_median=statistics.median(ours["generate_tokens_per_s"][1:]))
+                row["ours"][mode] = ours
+                # TRL does not time generation separately: its whole-step tokens/s bounds its generation rate
+                print(f"{prompts_n} prompts x {group} samples x {tokens} tokens: ours ({mode}) {ours_warm:.2f} s/step, "
+                      f"TRL {trl_warm:.2f} s/step -> {ours['step_time_ratio_trl_over_ours']:.2f}x; generated tok/s "
+                      f"per step: ours {ours['step_tokens_per_s']:.0f}, TRL {row['trl_step_tokens_per_s']:.0f}",
+                      flush=True)
             results.append(row)
-            tok_ratio = row["ours_step_tokens_per_s"] / row["trl_step_tokens_per_s"]
-            print(f"{prompts_n} prompts x {group} samples x {tokens} tokens: ours {ours_warm:.2f} s/step, "
-                  f"TRL {trl_warm:.2f} s/step -> {row['step_time_ratio_trl_over_ours']:.2f}x; "
-                  f"generated tok/s per step: ours {row['ours_step_tokens_per_s']:.0f}, TRL "
-                  f"{row['trl_step_tokens_per_s']:.0f} ({tok_ratio:.2f}x); "
-                  f"our generation alone {row['ours_generate_tokens_per_s_median']:.0f} tok/s", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"lr": LR, "rows": results}, indent=2) + "\n")
     print(f"results: {args.out}")

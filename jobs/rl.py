@@ -25,6 +25,7 @@ from rl_platform.checkpointing import CheckpointError
 from rl_platform.config import ConfigError
 from rl_platform.controller import Controller, SamplingConfig
 from rl_platform.evaluation import evaluate_pass_rate
+from rl_platform.ledger import Ledger
 from rl_platform.model.adapter import layer_map_from_dir
 from rl_platform.model.tokenizer import load_tokenizer
 from rl_platform.progress import Progress, format_duration
@@ -127,12 +128,14 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, 
     logger.info("starting the actors (rollout engine, reward pool, learner)")
     # the loss must score tokens under the distribution the engine sampled them from
     learner = dataclasses.replace(config.learner, temperature=config.sampling.temperature,
-                                  schedule_steps=config.loop.num_steps * config.learner.num_minibatches)
+                                  schedule_steps=config.loop.num_steps * config.learner.num_minibatches,
+                                  loss=config.loop.rollout.with_default_correction(config.learner.loss))
     if learner.dump.enabled and not learner.dump.dir:
         learner.dump = dataclasses.replace(learner.dump, dir=str(run_dir.path / "batches"))
     generator, scorer, remote_trainer = start_roles(model_path=str(base_path), rollout=config.rollout,
                                                     learner=learner, reward_config=config.reward,
-                                                    resources=config.resources, seed=config.run.seed)
+                                                    resources=config.resources, seed=config.run.seed,
+                                                    overlap=config.loop.rollout.overlap)
     try:
         return _loop(config, run_dir, base_path, resume, stop, checkpoints, generator, scorer,
                      GuardedTrainer(remote_trainer))
@@ -146,14 +149,17 @@ def _loop(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, s
     tokenizer = load_tokenizer(base_path)
     prompts = config.prompts.build(tokenizer, config.run.seed)
     sampling = dataclasses.replace(config.sampling, seed=config.sampling.seed + 1_000_003 * config.run.seed)
+    start = checkpoints.resume(trainer) if resume else 0  # cuts ledger.jsonl back to the checkpoint too
+    # a resumed run continues the ledger: what the checkpoint still owed is dropped and issued again
+    ledger = Ledger.continue_file(run_dir.path / "ledger.jsonl", run_dir.jsonl("ledger.jsonl"))
     controller = Controller(generator, scorer, trainer, prompts.train_batch, config.loop, sampling,
-                            record_rollouts=run_dir.log_rollouts,
+                            record_rollouts=run_dir.log_rollouts, ledger=ledger,
                             hint_prompt=getattr(prompts, "with_hint", None),  # sources with worked solutions
                             resample_prompts=getattr(prompts, "resample_batch", None))  # DAPO refills
-    start = 0
     if resume:
-        start = checkpoints.resume(trainer)
-        controller.policy_version = controller.sync_weights()
+        # the dataset cursor and the groups admitted but not trained (a checkpoint without them: step's cursor)
+        controller.scheduler.resume(start, checkpoints.resumed_state.get("scheduler"))
+        controller.policy_version = controller.sync_weights(wait=True)
         logger.info("resumed at step %d (policy version %d)", start, controller.policy_version)
     evaluate = _evaluator(config, generator, scorer, prompts.held_out(config.eval.num_prompts), run_dir)
 
@@ -162,7 +168,7 @@ def _loop(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, s
     with Progress(total=num_steps, initial=start, desc="rl", unit="step", show_lines=False) as progress:
         for step in range(start, num_steps):
             if stop.requested:  # a signal during start-up or an evaluation: nothing of this step ran yet
-                return _stopped(checkpoints, trainer, run_dir, step, stop)
+                return _stopped(checkpoints, trainer, run_dir, step, stop, controller)
             began = time.perf_counter()
             trainer.step = step
             metrics = controller.run_step(step)
@@ -175,11 +181,14 @@ def _loop(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, s
             progress.update(reward=f"{metrics['reward/mean']:.3f}")
             progress.write(step_summary(step + 1, num_steps, metrics, time.perf_counter() - began, progress.eta_s))
             if stop.requested and not last:
-                return _stopped(checkpoints, trainer, run_dir, step + 1, stop)
+                return _stopped(checkpoints, trainer, run_dir, step + 1, stop, controller)
             if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and not last:
-                checkpoints.save(trainer, step + 1)
+                # samples in flight are issued again after a resume; the scheduler state says which groups
+                checkpoints.save(trainer, step + 1, {"scheduler": controller.scheduler.state_dict()})
+    controller.close()  # stop generating for steps that will not run
+    logger.info("ledger: %s", ledger.summary())
     final = evaluate(num_steps)
-    checkpoints.save(trainer, num_steps)
+    checkpoints.save(trainer, num_steps, {"scheduler": controller.scheduler.state_dict()})
     policy_dir = trainer.export(str(run_dir.path / "models" / "policy"))
     if config.learner.elastic.enabled:  # elastic RL post-trained the whole family: ship every member
         family = trainer.call("export_family", str(run_dir.path / "models"), policy_dir)
@@ -195,8 +204,9 @@ def _loop(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, s
 
 
 def _stopped(checkpoints: RLCheckpoints, trainer: GuardedTrainer, run_dir: RunDir, step: int,
-             stop: GracefulStop) -> int:
-    info = checkpoints.save(trainer, step)
+             stop: GracefulStop, controller: Controller) -> int:
+    info = checkpoints.save(trainer, step, {"scheduler": controller.scheduler.state_dict()})
+    controller.close()  # after the checkpoint: a resume issues the in-flight samples again
     print(f"stopped after step {step} ({stop.reason}); checkpoint {info.path}. Continue with:\n  "
           f"{resume_command('jobs.rl', run_dir.path)}")
     return 0
@@ -266,10 +276,23 @@ def plan(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> list[str
         f"per step: {config.loop.num_prompts_per_step} prompts x {s.num_samples_per_prompt} samples = "
         f"{config.loop.num_prompts_per_step * s.num_samples_per_prompt} rollouts of <= {s.max_tokens} tokens at "
         f"T={s.temperature}; {learner.num_minibatches} optimizer step(s), micro-batch {learner.micro_batch_size}",
+        f"rollout mode: {_describe_mode(config)}",
         f"steps: {config.loop.num_steps}; checkpoint every {config.checkpoint_every or 'end only'}",
         f"evaluation: {config.eval.num_prompts} held-out prompts, greedy{sampled}, at steps "
         f"{', '.join(map(str, evals))}",
     ]
+
+
+def _describe_mode(config: RLJobConfig) -> str:
+    mode, loop = config.loop.rollout, config.loop
+    name = getattr(type(mode), "registered_name", type(mode).__name__)
+    if not mode.overlap:
+        return f"{name}: generate, then train (engines idle while the learner trains)"
+    rollout_share, learner_share = config.resources.shares(True, config.rollout.num_threads)
+    correction = getattr(type(mode.with_default_correction(config.learner.loss).correction), "registered_name", "?")
+    return (f"{name}: pool of {mode.pool_groups(loop.num_prompts_per_step)} groups generating while the learner "
+            f"trains, max staleness {loop.max_staleness}, correction {correction}; cores here: rollout "
+            f"{rollout_share.cores()}, learner {learner_share.cores()}")
 
 
 def _extra(parser: argparse.ArgumentParser) -> None:

@@ -77,13 +77,16 @@ class RLCheckpoints:
     def __init__(self, run_dir: RunDir, config: CheckpointConfig) -> None:
         self.run_dir = run_dir
         self.store = CheckpointStore(run_dir.checkpoints / ROLE, config)
+        self.resumed_state: dict[str, Any] = {}
+        """The client state of the checkpoint `resume` loaded (empty before)."""
 
     def newest(self) -> CheckpointInfo | None:
         return self.store.newest_valid()
 
-    def save(self, trainer: Any, step: int) -> CheckpointInfo:
-        """Checkpoints the state after loop step `step` (1-based count of finished steps) and prunes old ones."""
-        meta = {"step": step, "run_files": self.run_dir.jsonl_offsets()}
+    def save(self, trainer: Any, step: int, extra: dict[str, Any] | None = None) -> CheckpointInfo:
+        """Checkpoints the state after loop step `step` (1-based count of finished steps) and prunes old ones;
+        `extra` joins the client state (the rollout scheduler's dataset cursor and pending groups)."""
+        meta = {**(extra or {}), "step": step, "run_files": self.run_dir.jsonl_offsets()}
         trainer.save_checkpoint(str(self.store.root), meta)
         self.store.prune()
         info = self.store.newest_valid()
@@ -91,9 +94,11 @@ class RLCheckpoints:
         return info
 
     def resume(self, trainer: Any) -> int:
-        """Loads the newest valid checkpoint into `trainer`, cuts the run's logs back to it; returns its step."""
+        """Loads the newest valid checkpoint into `trainer`, cuts the run's logs back to it; returns its step.
+        The checkpoint's whole client state is kept in `resumed_state`."""
         info = self.store.require_newest_valid()
         state = trainer.load_checkpoint(str(info.path))
+        self.resumed_state = dict(state)
         removed = self.run_dir.truncate_jsonl(info.meta.get("run_files", {}))
         logger.info("loaded checkpoint %s (step %d)%s", info.path, int(state["step"]),
                     f" (dropped rows written after it from {sorted(removed)})" if removed else "")

@@ -55,6 +55,18 @@ class TrainingBatch:
                              self.generator_logprobs_BS[index], self.advantages_B[index],
                              take(self.rollout_routes_BSLK), int(mask.sum()), take(self.prompt_lengths_B), submodels)
 
+    def trimmed(self) -> TrainingBatch:
+        """The same rows cut to their longest sequence: the trailing columns are padding in every row, and with
+        right padding and causal attention no real position sees them, so the forward of the real positions
+        is unchanged (a micro-batch of short rows then costs what short rows cost)."""
+        s = max(1, int(self.attention_mask_BS.sum(-1).max()))
+        if s == self.input_ids_BS.shape[1]:
+            return self
+        routes = None if self.rollout_routes_BSLK is None else self.rollout_routes_BSLK[:, :s]
+        return TrainingBatch(self.input_ids_BS[:, :s], self.attention_mask_BS[:, :s], self.mask_BS[:, :s],
+                             self.generator_logprobs_BS[:, :s], self.advantages_B, routes, self.num_tokens,
+                             self.prompt_lengths_B)
+
 
 def build_training_batch(rollouts: Sequence[Rollout], advantages: Sequence[float | None], pad_id: int,
                          num_moe_layers: int, top_k: int) -> TrainingBatch:

@@ -1,25 +1,27 @@
-"""The RL controller: one synchronous, on-policy step at a time, against the role protocols only.
+"""The RL controller: one RL step at a time, against the role protocols only.
 
-    prompts(step) --> Generator.generate --> RewardScorer.score --> group advantages
-        --> PolicyTrainer.train_step --> PolicyTrainer.publish_weights --> Generator.load_weights
+    scheduler.next_batch(t) --> [AHRL hints, DAPO refill] --> advantages [WPSM] --> PolicyTrainer.train_step
+        --> PolicyTrainer.publish_weights --> Generator.load_weights --> scheduler.end_step
 
 Consumes / waits for / unblocked by, per step:
-- generate:  consumes the step's prompts; waits for the engines; every completion carries the policy
-  version it came from, and the controller refuses to train on a mixed or stale batch;
-- score:     consumes the completions; a failed sample comes back marked (value None), never as 0;
-- train:     consumes the rollouts with their advantages; failed samples are masked out of the loss;
-- sync:      publishes version v+1 and blocks until every engine serves it.
+- next_batch: consumes step t's scored groups, which the rollout mode picks (rl_platform/replay_buffer.py:
+  sync | april | urb); waits until they are generated and scored (rl_platform/rollout_scheduler.py); in the
+  async modes the engines have been generating them while the learner trained the previous steps; a failed
+  sample comes back marked (value None), never as 0;
+- train:      consumes the rollouts with their advantages; failed samples are masked out of the loss, groups
+  without signal are left out; every sample's fate goes to the ledger (rl_platform/ledger.py);
+- sync:       publishes version v+1 to the engines (in-flight requests continue under it, each token recording
+  the version that sampled it); sync mode waits until every engine serves it, the async modes do not.
 Metrics are returned per step (`area/name` keys) and written by the caller's sink; `reward/*` describe the
-step's own prompts as first sampled, before AHRL hints or DAPO refills changed the batch.
+step's own prompts as first sampled, before AHRL hints or DAPO refills changed the batch. docs/async_rl.md.
 Algorithm stages (each a module, off by default; docs/rl_algorithms.md): AHRL hints all-failed groups
 (rl_platform/ahrl.py), DAPO refills the batch with signal-carrying groups (rl_platform/dynamic_sampling.py),
-the advantage estimator is a registered variant (rl_platform/advantages.py), WPSM down-weights well-learned
-positive samples (rl_platform/wpsm.py).
+both by extra blocking sampling rounds on the current weights; the advantage estimator is a registered variant
+(rl_platform/advantages.py), WPSM down-weights well-learned positive samples (rl_platform/wpsm.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import statistics
 import time
@@ -31,7 +33,10 @@ from rl_platform.advantages import AdvantageConfig, GRPOAdvantage
 from rl_platform.ahrl import AHRL, AHRLConfig, HintFn
 from rl_platform.config import check
 from rl_platform.dynamic_sampling import DynamicSampler, DynamicSamplingConfig, ResampleFn
+from rl_platform.ledger import Ledger
 from rl_platform.protocols import Generator, PolicyTrainer, RewardScorer
+from rl_platform.replay_buffer import RolloutModeConfig, SyncRolloutConfig
+from rl_platform.rollout_scheduler import RolloutScheduler
 from rl_platform.types import Completion, Prompt, Rollout
 from rl_platform.wpsm import WPSM, WPSMConfig
 
@@ -51,7 +56,8 @@ class SamplingConfig:
     top_k: int = -1
     """-1 disables top-k filtering."""
     seed: int = 0
-    """Base sampling seed; the controller offsets it by the step, so a resumed run samples the same way."""
+    """Base sampling seed; each sample's seed is a hash of it and the sample's key (SampleKey.seed), so a
+    resumed run, a re-issued request or another rollout mode samples the same way on the same weights."""
     ignore_eos: bool = False
     """Always generate max_tokens (benchmarks use it to equalise work)."""
 
@@ -85,11 +91,18 @@ class ControllerConfig:
     sampling filter, without re-sampling). When kl_coef > 0 they would still pull towards the reference; set
     False to keep them. A step whose every group is flat skips the update (`train/skipped`)."""
 
+    rollout: RolloutModeConfig = field(default_factory=SyncRolloutConfig)
+    """How rollouts reach the learner: sync | april | urb (`--set loop.rollout=urb`), docs/async_rl.md."""
+    max_staleness: int = 4
+    """Versions a trained token may lag the learner; older samples are dropped and regenerated
+    (`rollout/stale_dropped`). 4 as TRL's AsyncGRPO; urb with buffer_groups=N lags at most N."""
     auto_resume: int = 0
     """Times the job restarts its roles from the newest checkpoint when the learner fails (dies or raises);
     0 stops the job with the checkpoint's path and the `--resume` command (docs/fault_tolerance.md)."""
 
     def __post_init__(self) -> None:
+        check(self.max_staleness >= 0, "ControllerConfig.max_staleness", self.max_staleness, "must be >= 0",
+              "use >= loop.rollout.buffer_groups (4 by default)")
         check(self.auto_resume >= 0, "ControllerConfig.auto_resume", self.auto_resume, "must be >= 0",
               "give the number of restarts to allow (0: stop and print the --resume command)")
         check(self.num_steps >= 1, "ControllerConfig.num_steps", self.num_steps, "must be >= 1", "use e.g. 40")
@@ -107,8 +120,6 @@ class Timer:
 
     def __init__(self) -> None:
         self.metrics: dict[str, float] = {}
-        self.generated_tokens = 0
-        """Tokens generated in the step (every round), for perf/generate_tokens_per_s."""
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -121,19 +132,21 @@ class Timer:
 
 
 class Controller:
-    """Runs RL steps; holds no model, only the roles.
+    """Runs RL steps; holds no model, only the roles and the rollout scheduler.
 
     Example:
         controller = Controller(generator, scorer, trainer, prompts.train_batch, ControllerConfig(), sampling)
         for step in range(config.num_steps):
             metrics = controller.run_step(step)
+        controller.close()
     """
 
     def __init__(self, generator: Generator, scorer: RewardScorer, trainer: PolicyTrainer,
                  prompt_batch: Callable[[int, int], list[Prompt]], config: ControllerConfig,
                  sampling: SamplingConfig, policy_version: int = 0,
                  record_rollouts: Callable[[int, list[Rollout]], None] | None = None,
-                 hint_prompt: HintFn | None = None, resample_prompts: ResampleFn | None = None) -> None:
+                 hint_prompt: HintFn | None = None, resample_prompts: ResampleFn | None = None,
+                 ledger: Ledger | None = None) -> None:
         self.generator = generator
         self.scorer = scorer
         self.trainer = trainer
@@ -144,15 +157,20 @@ class Controller:
         self.policy_version = policy_version
         self.record_rollouts = record_rollouts
         """Called with every step's scored rollouts (sample-level provenance: which reward, which version)."""
+        self.scheduler = RolloutScheduler(generator, scorer, prompt_batch, config.rollout, sampling,
+                                          config.num_prompts_per_step, config.max_staleness, ledger or Ledger())
         self.ahrl = AHRL(config.ahrl, hint_prompt, config.pass_threshold)
         self.refill = DynamicSampler(config.dynamic_sampling, resample_prompts)
         self.wpsm = WPSM(config.wpsm, config.pass_threshold)
 
     def run_step(self, step: int) -> dict[str, float]:
-        timer = Timer()
+        timer, start = Timer(), time.perf_counter()
         G, n = self.sampling.num_samples_per_prompt, self.config.num_prompts_per_step
-        prompts = self.prompt_batch(step, n)
-        first = self._sample(step, prompts, timer)
+        with timer.phase("generate"):  # waits for the step's groups; async modes generated them meanwhile
+            batch = self.scheduler.next_batch(step, self.policy_version)
+        if self.record_rollouts is not None:
+            self.record_rollouts(step, batch.rollouts)
+        first = [batch.rollouts[i:i + G] for i in range(0, len(batch.rollouts), G)]
         groups, stage_metrics = self.ahrl.apply(step, first, lambda hinted: self._sample(step, hinted, timer))
         drawn = [0]
         groups, refill_metrics = self.refill.fill(groups, n, lambda k: self._refill(step, drawn, k, timer))
@@ -161,6 +179,7 @@ class Controller:
         advantages, wpsm_metrics = self.wpsm.reweight(rollouts, advantages, G)
         stage_metrics.update(refill_metrics | wpsm_metrics)
         train_rows = self._rows_to_train(advantages)
+        self.scheduler.consume(batch, {rollouts[i].completion.key for i in train_rows})
         learner_metrics = {"train/rows": float(len(train_rows)), "train/skipped": float(not train_rows)}
         if train_rows:
             with timer.phase("learn"):
@@ -168,24 +187,22 @@ class Controller:
                                                                [advantages[i] for i in train_rows]))
             with timer.phase("sync"):
                 self.policy_version = self.sync_weights()
-        first_rollouts = [r for group in first for r in group]
-        first_advantages = self.config.advantage.batch([r.reward.value for r in first_rollouts], G)
-        metrics = {**rollout_metrics(first_rollouts, first_advantages, self.config, self.sampling), **stage_metrics,
-                   **learner_metrics, **timer.metrics}
-        metrics["perf/generate_tokens_per_s"] = timer.generated_tokens / max(timer.metrics["timing/generate"], 1e-9)
-        metrics["perf/step_seconds"] = sum(timer.metrics.values())
+        first_advantages = self.config.advantage.batch([r.reward.value for r in batch.rollouts], G)
+        metrics = {**rollout_metrics(batch.rollouts, first_advantages, self.config, self.sampling), **batch.metrics,
+                   **stage_metrics, **learner_metrics, **timer.metrics, **self.scheduler.end_step(self.policy_version)}
+        metrics["perf/step_seconds"] = time.perf_counter() - start
+        metrics["perf/learner_busy_frac"] = timer.metrics.get("timing/learn", 0.0) / metrics["perf/step_wall_seconds"]
         metrics["policy/version"] = float(self.policy_version)
         return metrics
 
     def _sample(self, step: int, prompts: list[Prompt], timer: Timer) -> list[list[Rollout]]:
-        """Generates and scores `prompts`: one group of rollouts per prompt (recorded for provenance)."""
+        """An extra sampling round (AHRL hints, DAPO refill): generates and scores `prompts` on the current weights,
+        one group of rollouts per prompt (recorded for provenance)."""
         with timer.phase("generate"):
-            groups = self.generator.generate(prompts, dataclasses.replace(self.sampling,
-                                                                          seed=self.sampling.seed + step))
+            groups = self.generator.generate(prompts, self.sampling)
         self._check_versions(groups)
         flat_prompts = [p for p, group in zip(prompts, groups, strict=True) for _ in group]
         flat = [c for group in groups for c in group]
-        timer.generated_tokens += sum(len(c.token_ids) for c in flat)
         with timer.phase("score"):
             outcomes = self.scorer.score(flat_prompts, flat)
         rollouts = [Rollout(prompt=p, completion=c, reward=o) for p, c, o in zip(flat_prompts, flat, outcomes,
@@ -210,15 +227,20 @@ class Controller:
                 rows.extend(range(start, min(start + G, len(advantages))))
         return rows
 
-    def sync_weights(self) -> int:
-        """Publishes the learner's weights and blocks until every engine serves them; returns the version."""
+    def sync_weights(self, wait: bool | None = None) -> int:
+        """Publishes the learner's weights to every engine; returns the version. Blocks until the engines serve
+        it in sync mode (the next step must be on-policy); the async modes carry on while they load it."""
         weights = self.trainer.publish_weights()  # PolicyWeights, or a Ray handle to them: both carry .version
-        self.generator.load_weights(weights)
+        self.generator.load_weights(weights, wait=not self.config.rollout.overlap if wait is None else wait)
         return weights.version
 
+    def close(self) -> None:
+        """Stops generating: in-flight samples are dropped (and recorded so in the ledger)."""
+        self.scheduler.close()
+
     def _check_versions(self, groups: list[list[Completion]]) -> None:
-        versions = {c.policy_version for group in groups for c in group}
-        if versions != {self.policy_version}:
+        versions = {v for group in groups for c in group for v in c.policy_versions}
+        if versions - {self.policy_version}:
             raise RuntimeError(f"Controller: completions came from policy versions {sorted(versions)} but the "
                                f"learner is at {self.policy_version}; a weight sync was lost (restart the run with "
                                "--resume) or an engine serves stale weights")

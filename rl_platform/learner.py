@@ -153,9 +153,10 @@ class _Observed:
         self.live_BSLK = None if routes is None else torch.full_like(routes, -1)
 
     def record(self, rows, logprobs_BS, out) -> None:
-        self.logprobs_BS[rows] = logprobs_BS
+        s = logprobs_BS.shape[1]  # a trimmed micro-batch covers the first s positions
+        self.logprobs_BS[rows, :s] = logprobs_BS
         if self.live_BSLK is not None:
-            self.live_BSLK[rows] = out.live_routes_BSLK[..., : self.live_BSLK.shape[-1]].to(self.live_BSLK.dtype)
+            self.live_BSLK[rows, :s] = out.live_routes_BSLK[..., : self.live_BSLK.shape[-1]].to(self.live_BSLK.dtype)
 
     def metrics(self) -> dict[str, float]:
         b = self.batch
@@ -271,10 +272,14 @@ class Learner:
         mismatch_num = mismatch_den = 0.0
         self.engine.module.train(False)  # no dropout; keeps MoE load counting (a pretraining concern) off
         stats = None
+        # micro-batches of similar lengths, each cut to its longest row: the loss is normalised by the step's
+        # token count, so grouping changes nothing but the padding computed (docs/async_rl.md, "Faster step")
+        rows = rows[torch.argsort(batch.attention_mask_BS[rows].sum(-1), stable=True)]
         for start in range(0, len(rows), cfg.micro_batch_size):
             idx = rows[start:start + cfg.micro_batch_size]
-            micro = batch.rows(idx)
-            forced = None if replay_routes is None else replay_routes[idx]
+            micro = batch.rows(idx).trimmed()
+            s = micro.input_ids_BS.shape[1]
+            forced = None if replay_routes is None else replay_routes[idx, :s]
             logprobs, entropy, out = response_logprobs(self.policy, micro, forced_routes=forced,
                                                        capture=micro.rollout_routes_BSLK is not None,
                                                        temperature=cfg.temperature)
@@ -282,10 +287,10 @@ class Learner:
                 observed.record(idx, _engine_view_logprobs(self.policy, out, micro, logprobs,
                                                            cfg.temperature), out)
             result = cfg.loss.loss(PolicyLossInputs(
-                logprobs_BS=logprobs, old_logprobs_BS=logprobs.detach() if old_lp is None else old_lp[idx],
+                logprobs_BS=logprobs, old_logprobs_BS=logprobs.detach() if old_lp is None else old_lp[idx, :s],
                 advantages_B=micro.advantages_B, mask_BS=micro.mask_BS,
-                generator_logprobs_BS=micro.generator_logprobs_BS, old_logprobs_t1_BS=observed.logprobs_BS[idx],
-                ref_logprobs_BS=None if ref_lp is None else ref_lp[idx],
+                generator_logprobs_BS=micro.generator_logprobs_BS, old_logprobs_t1_BS=observed.logprobs_BS[idx, :s],
+                ref_logprobs_BS=None if ref_lp is None else ref_lp[idx, :s],
                 num_global_tokens=num_tokens, num_global_seqs=num_seqs))
             # The loss is already divided by the mini-batch's token count, so no GAS rescaling; the boundary
             # (gradient reduction, clipping, optimizer step) is the last micro-batch of the mini-batch.
@@ -320,8 +325,7 @@ class Learner:
         if self.step != self._published_step:
             self.version += 1
             self._published_step = self.step
-        tensors = {name: t.clone() for name, t in self.policy.checkpoint_tensors()}
-        return PolicyWeights(version=self.version, tensors=tensors)
+        return PolicyWeights.pack(self.version, self.policy.checkpoint_tensors())  # copies: safe to train on
 
     def save_checkpoint(self, path: str, client_state: dict) -> str:
         """Commits an atomic checkpoint under `path`, tagged by `client_state["step"]` (the loop's step, which

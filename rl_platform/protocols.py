@@ -6,18 +6,44 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from rl_platform.types import Completion, PolicyWeights, Prompt, RewardResult, Rollout
+from rl_platform.types import (
+    Completion,
+    GeneratorPoll,
+    PolicyWeights,
+    Prompt,
+    RewardResult,
+    Rollout,
+    SampleKey,
+    SampleRequest,
+)
 
 
 class Generator(Protocol):
-    """Samples completions from the current policy."""
+    """Samples completions from the current policy on `num_engines` engines that generate continuously:
+    samples are submitted to one engine, stream back through `poll` as they finish, and a weight update
+    lands while requests are in flight (each token records the version that sampled it)."""
+
+    num_engines: int
+
+    def submit(self, engine: int, requests: Sequence[SampleRequest], sampling: Any) -> None:
+        """Queues samples on engine `engine` (0..num_engines-1); returns at once."""
+        ...
+
+    def poll(self, max_wait_s: float) -> GeneratorPoll:
+        """Samples finished since the last poll (any engine); waits up to max_wait_s for at least one."""
+        ...
+
+    def abort(self, engine: int, keys: Sequence[SampleKey]) -> None:
+        """Drops in-flight samples of `engine`; they will not be returned."""
+        ...
 
     def generate(self, prompts: Sequence[Prompt], sampling: Any) -> list[list[Completion]]:
-        """[len(prompts)][sampling.num_samples_per_prompt] completions, all from one policy version."""
+        """Blocking batch (evaluation): [len(prompts)][sampling.num_samples_per_prompt] completions."""
         ...
 
     def load_weights(self, weights: PolicyWeights) -> float:
-        """Serves `weights.version` from the next generate on; returns the seconds the update took."""
+        """Every engine serves `weights.version` from its next engine step on (in-flight requests continue
+        under it); returns the seconds the slowest update took."""
         ...
 
 

@@ -2,28 +2,80 @@
 
 from __future__ import annotations
 
-from rl_platform.types import Completion, PolicyWeights, Prompt, RewardResult
+from collections.abc import Callable
+
+from rl_platform.types import Completion, GeneratorPoll, PolicyWeights, Prompt, RewardResult, SampleKey
 
 
 class FakeGenerator:
-    """Answers every prompt with `num_samples_per_prompt` completions: sample i says '#### i'."""
+    """A streaming engine with a simulated clock: every poll that may wait (max_wait_s > 0) is one engine step,
+    which adds one token to every in-flight sample (in submission order); a sample finishes after
+    `length_of(key)` tokens; a zero-wait poll only looks. Sample i says '#### i'. A weight update between polls
+    makes the following tokens carry the new version."""
 
-    def __init__(self) -> None:
+    def __init__(self, length_of: Callable[[SampleKey], int] = lambda key: 2, num_engines: int = 1) -> None:
         self.version = 0
+        self.num_engines = num_engines
+        self.length_of = length_of
         self.loaded: list[int] = []
-        self.seeds: list[int] = []
+        self.submitted: list[tuple[int, SampleKey, int, int]] = []
+        """(engine, key, attempt, seed) of every submitted request, in order."""
+        self.polls = 0
+        self._in_flight: dict[SampleKey, list[int]] = {}
+        self._engine_of: dict[SampleKey, int] = {}
+        self.busy = [0.0] * num_engines
+        self.clock = 0.0
+        """The engines' clock: one second per fake engine step, busy or not."""
+
+    def submit(self, engine, requests, sampling):
+        for r in requests:
+            assert r.key not in self._in_flight, f"{r.key} submitted twice"
+            self._in_flight[r.key] = []
+            self._engine_of[r.key] = engine
+            self.submitted.append((engine, r.key, r.attempt, r.seed))
+
+    def poll(self, max_wait_s):
+        done = []
+        if max_wait_s > 0:
+            self.polls += 1
+            self._step()
+        for key, versions in list(self._in_flight.items()):
+            if len(versions) >= self.length_of(key):
+                done.append(self._completion(key, versions))
+                del self._in_flight[key]
+        return GeneratorPoll(completions=done, busy_seconds=list(self.busy),
+                             clock_seconds=[self.clock] * self.num_engines, versions=[self.version] * self.num_engines)
+
+    def _step(self) -> None:
+        self.clock += 1.0
+        for key, versions in self._in_flight.items():
+            versions.append(self.version)
+            self.busy[self._engine_of[key]] = min(self.busy[self._engine_of[key]] + 1.0, self.clock)
+
+    def abort(self, engine, keys):
+        for key in keys:
+            self._in_flight.pop(key, None)
+
+    def in_flight(self) -> list[SampleKey]:
+        return list(self._in_flight)
 
     def generate(self, prompts, sampling):
-        self.seeds.append(sampling.seed)
-        return [[Completion(prompt_id=p.prompt_id, sample_index=i, token_ids=[10 + i, 2], text=f"#### {i}",
-                            generator_logprobs=[-0.5, -0.1], routed_experts=None, finish_reason="stop",
-                            policy_version=self.version)
+        return [[self._completion(SampleKey(prompt_id=p.prompt_id, sample_index=i), [self.version] * 2)
                  for i in range(sampling.num_samples_per_prompt)] for p in prompts]
 
-    def load_weights(self, weights: PolicyWeights) -> float:
+    def load_weights(self, weights: PolicyWeights, wait: bool = True) -> float:
         self.version = weights.version
         self.loaded.append(weights.version)
         return 0.0
+
+    @staticmethod
+    def _completion(key: SampleKey, versions: list[int]) -> Completion:
+        i = key.sample_index
+        return Completion(prompt_id=key.prompt_id, sample_index=i, epoch=key.epoch,
+                          token_ids=[10 + i] * (len(versions) - 1) + [2], text=f"#### {i}",
+                          generator_logprobs=[(-0.5, -0.1)[j % 2] for j in range(len(versions))],
+                          routed_experts=None, finish_reason="stop",
+                          policy_versions=list(versions))
 
 
 class FakeScorer:
@@ -32,10 +84,12 @@ class FakeScorer:
 
     def __init__(self, flat_prompts: frozenset[str] = frozenset()) -> None:
         self.flat_prompts = flat_prompts
+        self.scored: list[SampleKey] = []
 
     def score(self, prompts, completions):
         out = []
         for c in completions:
+            self.scored.append(c.key)
             if c.prompt_id in self.flat_prompts:
                 out.append(RewardResult(value=0.0, failed=False, reward_name="fake"))
             elif c.sample_index == 3:
@@ -56,7 +110,7 @@ class FakeTrainer:
 
     def publish_weights(self) -> PolicyWeights:
         self.version += 1
-        return PolicyWeights(version=self.version, tensors={})
+        return PolicyWeights.pack(self.version, [])
 
 
 def prompts(step: int, n: int) -> list[Prompt]:

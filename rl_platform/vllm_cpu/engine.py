@@ -201,17 +201,24 @@ def engine_worker(llm: vllm.LLM) -> Any:
     return driver.worker
 
 
-def update_weights(llm: vllm.LLM, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> float:
+def update_weights(llm: vllm.LLM, named_tensors: Iterable[tuple[str, torch.Tensor]],
+                   version: int | None = None) -> float:
     """Load new weights into the running engine in place; returns the seconds it took.
 
     `named_tensors` uses checkpoint names, as in the model.safetensors written by HF save_pretrained
     (transformers 5 saves per-expert `mlp.experts.N.{gate,up,down}_proj.weight`; its runtime
-    state_dict() fuses them, which vLLM cannot load). A partial set updates only those tensors. The
-    prefix cache is reset, since cached KV blocks were computed with the old weights.
+    state_dict() fuses them, which vLLM cannot load). A partial set updates only those tensors.
+    `version` (when given) becomes the engine's weight-version label, which vLLM reports per token span.
+    The prefix cache is reset, since cached KV blocks were computed with the old weights; requests still
+    running are preempted and recomputed under the new weights (streaming.py explains what that gives).
     """
     start = time.perf_counter()
     engine_worker(llm).reload_weights(weights_iterator=iter(named_tensors), is_checkpoint_format=True)
-    llm.reset_prefix_cache()
+    if version is not None:
+        llm.llm_engine.set_weight_version(str(version))
+    if not llm.llm_engine.reset_prefix_cache(reset_running_requests=True):
+        raise RuntimeError("update_weights: vLLM could not reset its prefix cache after the update, so cached KV "
+                           "blocks of the old weights would be reused; a KV connector transfer is probably pending")
     return time.perf_counter() - start
 
 

@@ -41,7 +41,7 @@ def _rollouts(model_dir, perturb_routes: bool):
         prompt = Prompt(prompt_id=f"p{i % 2}", text="", token_ids=prompt_ids)
         completion = Completion(prompt_id=prompt.prompt_id, sample_index=i // 2, token_ids=response, text="",
                                 generator_logprobs=lp, routed_experts=routes, finish_reason="length",
-                                policy_version=0)
+                                policy_versions=[0] * len(response))
         reward = float(i % 3 == 0)
         rollouts.append(Rollout(prompt=prompt, completion=completion,
                                 reward=RewardResult(value=reward, failed=False)))
@@ -115,4 +115,37 @@ def test_versions_count_distinct_weights(model_dir):
     first = learner.publish_weights()
     again = learner.publish_weights()  # e.g. a resumed run loading its engines
     assert first.version == again.version == 1
-    assert all(torch.equal(first.tensors[n], again.tensors[n]) for n in first.tensors)
+    assert all(torch.equal(a, b) and n == m
+               for (n, a), (m, b) in zip(first.named_tensors(), again.named_tensors(), strict=True))
+
+
+def test_length_sorted_trimmed_micro_batches_give_the_update_of_one_padded_batch(model_dir):
+    """Rows of different lengths: 4 micro-batches (sorted by length, each cut to its longest row) and one
+    micro-batch padded to the longest row of all must give the same update (float32 summation order only)."""
+    from rl_platform.model.hf_interop import load_hf
+
+    model = load_hf(model_dir)
+    g = torch.Generator().manual_seed(5)
+    rollouts, advantages = [], []
+    for i in range(8):
+        prompt_ids = [1, 5 + i % 3, 7]
+        response = torch.randint(4, 64, (2 + 3 * (i % 4),), generator=g).tolist()  # 2..11 tokens
+        ids = torch.tensor([prompt_ids + response])
+        with torch.no_grad():
+            out = model(ids, capture_routes=True)
+            logp = torch.log_softmax(model.logits(out.hidden_BSD)[0, :-1], -1).gather(1, ids[0, 1:, None])[:, 0]
+        prompt = Prompt(prompt_id=f"p{i % 2}", text="", token_ids=prompt_ids)
+        completion = Completion(prompt_id=prompt.prompt_id, sample_index=i // 2, token_ids=response, text="",
+                                generator_logprobs=logp[len(prompt_ids) - 1:].tolist(),
+                                routed_experts=out.routes_BSLK[0, :-1].numpy().astype(np.uint8),
+                                finish_reason="length", policy_versions=[0] * len(response))
+        rollouts.append(Rollout(prompt=prompt, completion=completion, reward=RewardResult(value=1.0, failed=False)))
+        advantages.append(float(i % 3) - 1.0)
+    after = {}
+    for micro in (2, 8):
+        learner = Learner(LearnerConfig(routing_replay="R3", micro_batch_size=micro), str(model_dir))
+        metrics = learner.train_on_rollouts(rollouts, advantages)
+        assert metrics["train/logprob_abs_diff_max"] < 1e-4  # the trimmed rows still score the engine's tokens
+        after[micro] = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
+    for name, value in after[8].items():
+        torch.testing.assert_close(after[2][name], value, atol=2e-6, rtol=1e-5, msg=name)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from rl_platform.ledger import Ledger
 from tests.integration.conftest import subprocess_env
 
 pytestmark = pytest.mark.slow
@@ -45,3 +46,8 @@ def test_resume_continues_the_run_exactly(smoke_base_model, tmp_path):
     assert b[3]["policy/version"] == a[3]["policy/version"] == 3.0
     for key in ("reward/mean", "rollout/response_length_mean", "loss/policy", "train/grad_norm", "policy/entropy"):
         assert b[3][key] == pytest.approx(a[3][key], rel=1e-4, abs=1e-6), key
+    # the resumed run continued the sample ledger: every sample of the 3 steps consumed exactly once
+    ledger = Ledger.replay(resumed / "ledger.jsonl")
+    ledger.check_closed()
+    per_step = 4 * 4  # grpo_smoke: 4 prompts x 4 samples
+    assert ledger.summary()["consumed_keys"] == ledger.summary()["consumed"] == 3 * per_step

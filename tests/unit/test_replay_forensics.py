@@ -47,7 +47,7 @@ def _batch(model, engine_routes=None):
         completion = Completion(prompt_id=prompt.prompt_id, sample_index=i // 2, token_ids=response, text="",
                                 generator_logprobs=lp[len(prompt_ids) - 1:].tolist(),
                                 routed_experts=routes.numpy().astype(np.uint8), finish_reason="length",
-                                policy_version=0)
+                                policy_versions=[0] * len(response))
         rollouts.append(Rollout(prompt=prompt, completion=completion, reward=RewardResult(value=1.0, failed=False)))
     return build_training_batch(rollouts, [1.0] * 6, 0, CONFIG.num_layers, CONFIG.top_k)
 

@@ -22,7 +22,7 @@ def _rollout(text: str, reward: float | None, logprobs=(-0.5, -0.5), index: int 
                     metadata={"answer": 2, "solution": " 1+1=2; so 2\n#### 2"})
     completion = Completion(prompt_id=prompt_id, sample_index=index, token_ids=[5] * len(logprobs), text="",
                             generator_logprobs=list(logprobs), routed_experts=None, finish_reason="stop",
-                            policy_version=0)
+                            policy_versions=[0] * len(logprobs))
     result = (RewardResult(value=None, failed=True, reason="boom") if reward is None
               else RewardResult(value=reward, failed=False))
     return Rollout(prompt=prompt, completion=completion, reward=result)
@@ -175,6 +175,7 @@ def test_controller_refills_flat_groups_from_the_step_resample_stream():
     assert metrics["dapo/resample_rounds"] == 1.0 and metrics["dapo/generated_groups"] == 6.0
     ctrl, trainer = _controller({"train/1.0", "train/1.1", "train/1.r0", "train/1.r1"},
                                 dynamic_sampling=DynamicSamplingConfig(enabled=True, max_rounds=3))
+    ctrl.scheduler.resume(1, None)  # a controller that starts at step 1, as a resumed run does
     metrics = ctrl.run_step(1)
     ids = [r.prompt.prompt_id for r in trainer.seen[0][0][::4]]
     assert ids == ["train/1.2", "train/1.r2", "train/1.r3"]
