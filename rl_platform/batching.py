@@ -65,7 +65,7 @@ class TrainingBatch:
         routes = None if self.rollout_routes_BSLK is None else self.rollout_routes_BSLK[:, :s]
         return TrainingBatch(self.input_ids_BS[:, :s], self.attention_mask_BS[:, :s], self.mask_BS[:, :s],
                              self.generator_logprobs_BS[:, :s], self.advantages_B, routes, self.num_tokens,
-                             self.prompt_lengths_B)
+                             self.prompt_lengths_B, self.submodels_B)
 
 
 def build_training_batch(rollouts: Sequence[Rollout], advantages: Sequence[float | None], pad_id: int,

@@ -109,3 +109,6 @@ def test_elastic_rows_get_reproducible_submodels_and_reduced_rows_route_live():
     assert bool((first.rollout_routes_BSLK[~full] == -1).all())
     half = first.rows(slice(0, 32))
     assert half.submodels_B == first.submodels_B[:32]
+    short = first.rows(slice(0, 8))
+    short.attention_mask_BS[:, 3:] = 0  # trailing padding: trimming must keep each row's sub-model
+    assert short.trimmed().input_ids_BS.shape[1] == 3 and short.trimmed().submodels_B == first.submodels_B[:8]
