@@ -55,7 +55,7 @@ def _rollouts(model_path: str):
                 prompt_id=prompt.prompt_id, sample_index=s, token_ids=ids[s, PROMPT_LEN:].tolist(), text="",
                 generator_logprobs=logp[s, PROMPT_LEN - 1:].tolist(),
                 routed_experts=out.routes_BSLK[s, :-1].numpy().astype("uint8"), finish_reason="length",
-                policy_version=0)
+                policy_versions=[0] * RESPONSE_LEN)
             reward = float(rewards[s])
             rollouts.append(Rollout(prompt=prompt, completion=completion,
                                     reward=RewardResult(value=reward, failed=False)))

@@ -45,7 +45,7 @@ def _rollouts(base_dir, seed=3):
         prompt = Prompt(prompt_id=f"p{i % 2}", text="", token_ids=prompt_ids)
         completion = Completion(prompt_id=prompt.prompt_id, sample_index=i // 2, token_ids=response, text="",
                                 generator_logprobs=lp, routed_experts=out.routes_BSLK[0, :-1].numpy().astype(np.uint8),
-                                finish_reason="length", policy_version=0)
+                                finish_reason="length", policy_versions=[0] * len(response))
         reward = float(i % 3 == 0)
         rollouts.append(Rollout(prompt=prompt, completion=completion, reward=RewardResult(value=reward, failed=False)))
         advantages.append(reward - 0.4)
