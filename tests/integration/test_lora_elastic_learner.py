@@ -92,7 +92,8 @@ def test_merged_weights_compute_what_the_learner_computes(base_dir):
         learner.train_on_rollouts(*_rollouts(base_dir, seed=seed))
     weights = learner.publish_weights()  # merged W + s * B A: what the engines load
     merged = MoETransformer(CONFIG)
-    merged.load_state_dict(get_architecture(CONFIG.hf_architecture).state_dict_from_checkpoint(weights.tensors, CONFIG))
+    arch = get_architecture(CONFIG.hf_architecture)
+    merged.load_state_dict(arch.state_dict_from_checkpoint(dict(weights.named_tensors()), CONFIG))
     batch = build_training_batch(_rollouts(base_dir, seed=9)[0], [0.0] * 8, 0, CONFIG.num_layers, CONFIG.top_k)
     with torch.no_grad():
         ours = response_logprobs(learner.policy, batch)[0]
