@@ -36,9 +36,17 @@ class LearnerWorker:
     def export(self, path: str) -> str:
         return self.learner.export(path, tokenizer=self.tokenizer)
 
+    def export_family(self, out_dir: str, full_dir: str) -> dict[str, str]:
+        return self.learner.export_family(out_dir, full_dir, tokenizer=self.tokenizer)
+
     def trainable_parameters(self) -> dict:
         """name -> CPU copy of every trainable parameter (for tests that check what changed)."""
         return {n: p.detach().clone() for n, p in self.learner.model.named_parameters() if p.requires_grad}
+
+    def frozen_parameters(self) -> dict:
+        """name -> CPU copy of every frozen parameter (LoRA's base), under the base model's names."""
+        return {n.replace(".base_layer", ""): p.detach().clone()
+                for n, p in self.learner.model.named_parameters() if not p.requires_grad}
 
     def teacher_forced_logprobs(self, token_ids: list[int]) -> list[float]:
         import torch

@@ -190,6 +190,9 @@ def _loop(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, s
     final = evaluate(num_steps)
     checkpoints.save(trainer, num_steps, {"scheduler": controller.scheduler.state_dict()})
     policy_dir = trainer.export(str(run_dir.path / "models" / "policy"))
+    if config.learner.elastic.enabled:  # elastic RL post-trained the whole family: ship every member
+        family = trainer.call("export_family", str(run_dir.path / "models"), policy_dir)
+        print(f"family: {', '.join(family)} under {run_dir.path / 'models'} (family.json)")
     report = write_rl_report(run_dir.path, first, final, policy_dir)
     for key, label in (("eval/pass_rate", "greedy"), ("eval/sampled_pass_rate", "sampled")):
         if key in final:
@@ -251,7 +254,9 @@ def plan(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> list[str
     cpus = roll.num_workers * res.rollout_cpus + res.num_reward_workers * res.reward_cpus + res.learner_cpus
     reward = getattr(type(config.reward), "registered_name", type(config.reward).__name__)
     loss = getattr(type(learner.loss), "registered_name", type(learner.loss).__name__)
-    kl = f", k3 KL {learner.loss.kl_coef} to a frozen reference copy" if learner.loss.kl_coef > 0 else ""
+    reference = "the base (adapters off)" if learner.lora.enabled else "a frozen reference copy"
+    kl = f", k3 KL {learner.loss.kl_coef} to {reference}" if learner.loss.kl_coef > 0 else ""
+    elastic = "; elastic RL: every row trains a sampled family member" if learner.elastic.enabled else ""
     evals = sorted({0, config.loop.num_steps} | set(range(config.eval.every_steps, config.loop.num_steps,
                                                            config.eval.every_steps or config.loop.num_steps)))
     sampled = (f" + {config.eval.num_samples} samples per prompt at T={config.eval.temperature}"
@@ -266,6 +271,7 @@ def plan(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> list[str
         f"        {res.num_reward_workers} reward worker(s): {reward}, {res.reward_cpus} CPU each",
         f"        1 learner: DeepSpeed ZeRO-{learner.zero_stage}, {'bf16' if learner.bf16 else 'float32'}, "
         f"routing replay {learner.routing_replay}, loss {loss}{kl}, {res.learner_cpus} CPU",
+        f"        trains: {learner.lora.describe()}{elastic}",
         f"resources: {cpus:g} logical CPUs requested, 0 GPUs",
         f"per step: {config.loop.num_prompts_per_step} prompts x {s.num_samples_per_prompt} samples = "
         f"{config.loop.num_prompts_per_step * s.num_samples_per_prompt} rollouts of <= {s.max_tokens} tokens at "

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rl_platform.model.config import SubModel
 from rl_platform.types import Rollout
 
 
@@ -38,15 +39,21 @@ class TrainingBatch:
     """Scored response tokens."""
     prompt_lengths_B: Tensor | None = None
     """int64 prompt length P of every row (where its response starts); None for hand-built batches."""
+    submodels_B: tuple[SubModel, ...] | None = None
+    """The elastic family member each row trains (elastic RL, rl_platform/elastic_rl.py); None: all full."""
 
     def rows(self, index: Tensor | slice) -> TrainingBatch:
         def take(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[index]
 
         mask = self.mask_BS[index]
+        submodels = None
+        if self.submodels_B is not None:
+            picked = torch.arange(len(self.submodels_B))[index]
+            submodels = tuple(self.submodels_B[i] for i in picked.reshape(-1).tolist())
         return TrainingBatch(self.input_ids_BS[index], self.attention_mask_BS[index], mask,
                              self.generator_logprobs_BS[index], self.advantages_B[index],
-                             take(self.rollout_routes_BSLK), int(mask.sum()), take(self.prompt_lengths_B))
+                             take(self.rollout_routes_BSLK), int(mask.sum()), take(self.prompt_lengths_B), submodels)
 
     def trimmed(self) -> TrainingBatch:
         """The same rows cut to their longest sequence: the trailing columns are padding in every row, and with
@@ -58,7 +65,7 @@ class TrainingBatch:
         routes = None if self.rollout_routes_BSLK is None else self.rollout_routes_BSLK[:, :s]
         return TrainingBatch(self.input_ids_BS[:, :s], self.attention_mask_BS[:, :s], self.mask_BS[:, :s],
                              self.generator_logprobs_BS[:, :s], self.advantages_B, routes, self.num_tokens,
-                             self.prompt_lengths_B)
+                             self.prompt_lengths_B, self.submodels_B)
 
 
 def build_training_batch(rollouts: Sequence[Rollout], advantages: Sequence[float | None], pad_id: int,

@@ -15,13 +15,14 @@ the live routes it computes alongside the forced ones give the mismatch metrics.
 over the batch (measured on the demo: learn phase 4.9 s -> 2.1 s per step together with skipping flat groups).
 Failed samples (reward None) are masked out of the loss; they were counted by the controller.
 Replay mode semantics and why R3 matters for MoE: docs/routing_replay.md.
+LoRA (learner.lora) wraps the policy and makes the reference its base view; elastic RL (learner.elastic) gives
+every row of the update a sampled sub-model of the family (docs/lora_and_elastic_rl.md).
 The policy is a `ModelAdapter` (rl_platform/model/adapter.py): any supported HF MoE architecture, with routes
 over its MoE layers only (docs/bring_your_own_model.md).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Literal
@@ -32,9 +33,11 @@ from kernels.fused_logprobs import fused_logprobs
 from rl_platform.batching import TrainingBatch, build_training_batch
 from rl_platform.checkpointing import CheckpointError, CheckpointStore, checkpoint_to_load
 from rl_platform.config import ConfigError, check
+from rl_platform.elastic_rl import build_elastic, export_family
+from rl_platform.lora import LoRAConfig, reference_policy, wrap_policy
 from rl_platform.losses import GRPOLossConfig, LossConfig, PolicyLossInputs
-from rl_platform.model import MoETransformer
 from rl_platform.model.adapter import ModelAdapter, load_adapter
+from rl_platform.model.elastic import ElasticConfig
 from rl_platform.optim.adagc import AdaGCConfig, GlobalNormClipConfig, deepspeed_gradient_access
 from rl_platform.optim.optimizer import OptimConfig, build_deepspeed_engine, lr_at, set_lr
 from rl_platform.rl_metrics import route_mismatch_metrics, train_infer_metrics
@@ -75,6 +78,11 @@ class LearnerConfig:
     optim.schedule and the length AdaGC's warm-up is checked against. 0: unknown (constant schedule only)."""
     dump: StepDumpConfig = field(default_factory=StepDumpConfig)
     """Opt-in per-update dump of the batch, the learner's view and the weights (jobs.inspect_mismatch)."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """Train low-rank adapters instead of every weight (--set learner.lora.enabled=true; rl_platform/lora.py)."""
+    elastic: ElasticConfig = field(default_factory=lambda: ElasticConfig(enabled=False))
+    """Elastic RL: each row of the update trains a sampled sub-model of the family, with pretraining's
+    probabilities (--set learner.elastic.enabled=true; rl_platform/elastic_rl.py)."""
 
     def __post_init__(self) -> None:
         check(self.num_minibatches >= 1, "LearnerConfig.num_minibatches", self.num_minibatches, "must be >= 1",
@@ -106,7 +114,7 @@ def response_logprobs(model: ModelAdapter, batch: TrainingBatch, forced_routes=N
     """(logprobs_BS, entropy_BS, output): target-aligned log-probability of the next token at every position,
     under softmax(logits / temperature)."""
     out = model(batch.input_ids_BS, attention_mask_BS=batch.attention_mask_BS, forced_routes_BSLK=forced_routes,
-                capture_routes=capture)
+                capture_routes=capture, submodels=batch.submodels_B)
     logprobs, entropy = _scored(model, out, batch, temperature)
     return logprobs, entropy, out
 
@@ -173,18 +181,16 @@ class Learner:
         torch.manual_seed(seed)
         config.check_schedule()
         self.config = config
-        self.policy = load_adapter(model_path)
+        self.policy = wrap_policy(load_adapter(model_path), config.lora, model_path)
         model = self.policy.module.eval()
-        self.reference = None
-        if config.loss.kl_coef > 0:
-            self.reference = copy.deepcopy(self.policy)
-            self.reference.module.requires_grad_(False)
+        self.reference = reference_policy(self.policy) if config.loss.kl_coef > 0 else None
         self.engine, self.optimizer = build_deepspeed_engine(
             model, config.optim, zero_stage=config.zero_stage, bf16=config.bf16,
             micro_batch_size=config.micro_batch_size, grad_accum_steps=1)
         # the adapter computes with, and publishes, the very module DeepSpeed updates
         assert self.engine.module is self.policy.module
-        self.clipper = config.optim.clipping.build([n for n, _ in model.named_parameters()])
+        self.clipper = config.optim.clipping.build([n for n, p in model.named_parameters() if p.requires_grad])
+        self.elastic = build_elastic(config.elastic, model.config, seed)
         self.grad_access = deepspeed_gradient_access(self.engine.module.named_parameters())
         self.version = 0
         self.step = 0
@@ -192,7 +198,7 @@ class Learner:
         self.dumper = StepDumper(config.dump, model_path) if config.dump.enabled else None
 
     @property
-    def model(self) -> MoETransformer:
+    def model(self) -> torch.nn.Module:
         """The trained module (the one DeepSpeed updates; `policy` computes with it)."""
         return self.engine.module
 
@@ -204,6 +210,8 @@ class Learner:
 
     def train_step(self, batch: TrainingBatch) -> dict[str, float]:
         cfg = self.config
+        if self.elastic is not None and batch.submodels_B is None:
+            batch = self.elastic.assign(batch, self.step)
         if cfg.routing_replay == "R3" and batch.rollout_routes_BSLK is None:
             raise ValueError("LearnerConfig.routing_replay='R3' needs rollout routes, but the rollouts have none; "
                              "enable routed-expert capture in the rollout engine or use routing_replay='off'/'R2'")
@@ -239,6 +247,8 @@ class Learner:
                 sums[k] = sums.get(k, 0.0) + v / cfg.num_minibatches
         metrics = observed.metrics()
         metrics.update(sums)
+        if self.elastic is not None:
+            metrics.update(self.elastic.metrics(batch, observed.logprobs_BS))
         if batch.rollout_routes_BSLK is not None:
             metrics["moe/route_mismatch_during_update"] = float(sum(used_mismatch) / len(used_mismatch))
         if self.dumper is not None:
@@ -321,18 +331,27 @@ class Learner:
         """Commits an atomic checkpoint under `path`, tagged by `client_state["step"]` (the loop's step, which
         advances even when the learner's does not); returns the checkpoint's directory."""
         state = {**client_state, "learner_step": self.step, "version": self.version,
-                 "clipper": self.clipper.state_dict(), "torch_rng": torch.get_rng_state()}
+                 "clipper": self.clipper.state_dict(), "torch_rng": torch.get_rng_state(),
+                 "trainable": sorted(self._trainable())}
         step = int(client_state.get("step", self.step))
+        # frozen weights (LoRA's base) come from the base model at start-up: only trained tensors are saved
         info = CheckpointStore(path).save(step, lambda staging, tag: self.engine.save_checkpoint(
-            str(staging), tag=tag, client_state=state, save_latest=False), meta=client_state)
+            str(staging), tag=tag, client_state=state, save_latest=False,
+            exclude_frozen_parameters=self._has_frozen()), meta=client_state)
         return str(info.path)
 
     def load_checkpoint(self, path: str) -> dict:
         """Loads a checkpoint directory, or the newest valid checkpoint of a checkpoints/<role> folder."""
         target = checkpoint_to_load(path)
-        loaded, state = self.engine.load_checkpoint(str(target.parent), tag=target.name)
+        loaded, state = self.engine.load_checkpoint(str(target.parent), tag=target.name,
+                                                    load_module_strict=not self._has_frozen())
         if loaded is None:
             raise CheckpointError(f"DeepSpeed found no loadable checkpoint in {target}")
+        saved = set(state.get("trainable", self._trainable()))
+        if saved != self._trainable():
+            raise CheckpointError(f"{target} holds the trained tensors {sorted(saved ^ self._trainable())[:4]}... "
+                                  "differently from this learner; resume with the run's own learner settings "
+                                  "(learner.lora.*)")
         self.step = int(state["learner_step"])
         self.version = int(state["version"])
         self._published_step = self.step  # the checkpoint is taken after the step's weights were published
@@ -340,5 +359,16 @@ class Learner:
         torch.set_rng_state(state["torch_rng"])
         return state
 
+    def _trainable(self) -> set[str]:
+        return {n for n, p in self.engine.module.named_parameters() if p.requires_grad}
+
+    def _has_frozen(self) -> bool:
+        return any(not p.requires_grad for p in self.engine.module.parameters())
+
     def export(self, path: str, tokenizer=None) -> str:
         return str(self.policy.export(path, tokenizer=tokenizer))
+
+    def export_family(self, out_dir: str, full_dir: str, tokenizer=None) -> dict[str, str]:
+        """Every family member of the trained policy as a Hugging Face directory under `out_dir` (elastic RL);
+        the full model is the one `export` wrote to `full_dir`."""
+        return export_family(self.policy, out_dir, full_dir=full_dir, tokenizer=tokenizer)

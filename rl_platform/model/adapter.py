@@ -20,7 +20,7 @@ another implementation of `ModelAdapter` around this one. docs/bring_your_own_mo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rl_platform.model.config import MoEModelConfig
+from rl_platform.model.config import MoEModelConfig, SubModel
 from rl_platform.model.hf_interop import checkpoint_tensors, config_from_dir, export_hf, load_hf, read_hf_config
 from rl_platform.model.transformer import ModelOutput, MoETransformer
 
@@ -82,8 +82,10 @@ class ModelAdapter(Protocol):
     """Id used to right-pad rows (masked everywhere)."""
 
     def __call__(self, input_ids_BS: Tensor, *, attention_mask_BS: Tensor | None = None,
-                 forced_routes_BSLK: Tensor | None = None, capture_routes: bool = False) -> ModelOutput:
-        """Final hidden states, and the routes used / chosen live per MoE layer when captured or forced."""
+                 forced_routes_BSLK: Tensor | None = None, capture_routes: bool = False,
+                 submodels: Sequence[SubModel] | None = None) -> ModelOutput:
+        """Final hidden states, and the routes used / chosen live per MoE layer when captured or forced.
+        submodels: the elastic family member each row runs (None: the full model for every row)."""
         ...
 
     @property
@@ -115,9 +117,10 @@ class MoETransformerAdapter:
         """The source directory's config.json: export keeps the fields we do not model."""
 
     def __call__(self, input_ids_BS: Tensor, *, attention_mask_BS: Tensor | None = None,
-                 forced_routes_BSLK: Tensor | None = None, capture_routes: bool = False) -> ModelOutput:
+                 forced_routes_BSLK: Tensor | None = None, capture_routes: bool = False,
+                 submodels: Sequence[SubModel] | None = None) -> ModelOutput:
         return self.module(input_ids_BS, attention_mask_BS=attention_mask_BS, forced_routes_BSLK=forced_routes_BSLK,
-                           capture_routes=capture_routes)
+                           capture_routes=capture_routes, submodels=submodels)
 
     @property
     def lm_head_weight(self) -> Tensor:

@@ -126,12 +126,18 @@ class MoEFeedForward(nn.Module):
         self.shared = SwiGLU(d, f * config.num_shared_experts) if config.num_shared_experts else None
         self.register_buffer("load_counts_E", torch.zeros(e), persistent=False)
         self.aux_loss: Tensor | None = None
+        self.expert_adapter: nn.Module | None = None
+        """Computes the routed experts instead of `routed_experts` when set: (x_TD, ids_TK, gates_TK, moe) -> y_TD.
+        LoRA on the expert stacks (rl_platform/lora_experts.py) attaches here, so the base weights keep their names."""
 
     def forward(self, x_TD: Tensor, *, expert_mask_TE: Tensor | None = None, top_k_T: Tensor | None = None,
                 forced_ids_TK: Tensor | None = None, aux_loss_coef: float = 0.0) -> tuple[Tensor, RoutingResult]:
         routing = self.router(x_TD, expert_mask_TE=expert_mask_TE, top_k_T=top_k_T, forced_ids_TK=forced_ids_TK)
-        y_TD = routed_experts(x_TD, routing.topk_ids_TK, routing.gates_TK, self.w_gate_EFD, self.w_up_EFD,
-                              self.w_down_EDF)
+        if self.expert_adapter is not None:
+            y_TD = self.expert_adapter(x_TD, routing.topk_ids_TK, routing.gates_TK, self)
+        else:
+            y_TD = routed_experts(x_TD, routing.topk_ids_TK, routing.gates_TK, self.w_gate_EFD, self.w_up_EFD,
+                                  self.w_down_EDF)
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)
         if self.training:
