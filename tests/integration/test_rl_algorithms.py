@@ -76,16 +76,19 @@ def test_ahrl_hints_all_failed_groups_two_steps(setup):
 
 
 class FlattenFirstTwo:
-    """The real scorer, except that the first two prompts of a step's batch score 0 on every sample: two groups
-    without signal for DAPO to replace (the digit-share reward gives every other group a spread)."""
+    """The real scorer runs on every sample, then the first two prompts of a step's batch score 0 on every sample
+    (two groups without signal for DAPO to replace) and every other group gets a spread by sample index, so the
+    test checks DAPO's bookkeeping whatever the sampled texts are."""
 
     def __init__(self, scorer) -> None:
         self.scorer = scorer
 
     def score(self, prompts, completions):
         results = self.scorer.score(prompts, completions)
-        return [RewardResult(value=0.0, failed=False, reward_name="flat") if p.prompt_id.split(".")[-1] in ("0", "1")
-                else r for p, r in zip(prompts, results, strict=True)]
+        assert not any(r.failed for r in results), results
+        return [RewardResult(value=0.0 if p.prompt_id.split(".")[-1] in ("0", "1") else float(c.sample_index % 2),
+                             failed=False, reward_name="flat_first_two")
+                for p, c in zip(prompts, completions, strict=True)]
 
 
 def test_dapo_refills_flat_groups_from_the_resample_stream_two_steps(setup):
