@@ -75,7 +75,7 @@ def pretrain_ultrasparse_smoke() -> PretrainJobConfig:
     """A few steps of a very small ultra-sparse model (128 experts, top-2): for tests."""
     config = pretrain_smoke()
     config.model = MoEModelConfig(vocab_size=512, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
-                                  head_dim=16, num_experts=128, top_k=2, num_shared_experts=1, expert_ffn_dim=16,
+                                  head_dim=32, num_experts=128, top_k=2, num_shared_experts=1, expert_ffn_dim=16,
                                   max_position_embeddings=1024)
     config.loop.bias_update_speed = 1e-4
     config.loop.bias_update_speed_final = 1e-5

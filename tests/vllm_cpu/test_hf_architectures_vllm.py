@@ -58,7 +58,7 @@ def test_vllm_routes_and_logprobs_equal_ours_before_and_after_a_weight_update(ar
     worker = RolloutWorker(RolloutEngineConfig(dtype="float32", max_model_len=256, kv_cache_gib=0.25), str(path),
                            seed=0)
     try:
-        prompts = _prompts(worker.tokenizer)
+        prompts = _prompts(load_tokenizer(path))
         sampling = SamplingConfig(num_samples_per_prompt=4, max_tokens=24, seed=3, ignore_eos=True)
         groups = worker.generate(prompts, sampling)
         assert groups[0][0].routed_experts.shape[1:] == (adapter.layer_map.num_moe_layers, 4)
@@ -73,7 +73,7 @@ def test_vllm_routes_and_logprobs_equal_ours_before_and_after_a_weight_update(ar
         with torch.no_grad():
             for p in adapter.module.parameters():
                 p.add_(0.05 * torch.randn_like(p) * p.abs().mean())
-        worker.load_weights(PolicyWeights(version=1, tensors=dict(adapter.checkpoint_tensors())))
+        worker.load_weights(PolicyWeights.pack(1, adapter.checkpoint_tensors()))
         after_groups = worker.generate(prompts, sampling)
         after = measure_parity(adapter, prompts, after_groups)
         _record(f"{architecture}/float32_after_update", after)
