@@ -118,6 +118,11 @@ def init_single_process_distributed() -> None:
 
     clear_stale_extension_locks()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() == 1:
+            # initialised by someone else in this process (an in-process vLLM engine does): DeepSpeed still
+            # reads the launcher's variables
+            for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+                os.environ.setdefault(key, value)
         return
     if os.environ.get("WORLD_SIZE", "1") == "1":
         # A world of one needs no agreed port: always take a free one, because an inherited MASTER_PORT
