@@ -49,13 +49,6 @@ class LearnerWorker:
                 for n, p in self.learner.model.named_parameters() if not p.requires_grad}
 
     def teacher_forced_logprobs(self, token_ids: list[int]) -> list[float]:
-        import torch
+        from rl_platform.parity import teacher_forced_logprobs
 
-        from kernels.fused_logprobs import fused_logprobs
-
-        model = self.learner.model
-        with torch.no_grad():
-            ids = torch.tensor([token_ids])
-            hidden = model(ids).hidden_BSD[0, :-1]
-            logprobs, _ = fused_logprobs(hidden, model.lm_head_weight, ids[0, 1:])
-        return logprobs.tolist()
+        return teacher_forced_logprobs(self.learner.model, token_ids)

@@ -38,6 +38,14 @@ class ParityReport:
 
 
 @torch.no_grad()
+def teacher_forced_logprobs(model: MoETransformer, token_ids: list[int]) -> list[float]:
+    """log p(token_t | tokens_<t) of every token after the first, in one forward of `model`."""
+    with torch.no_grad():
+        ids = torch.tensor([token_ids])
+        logprobs, _ = fused_logprobs(model(ids).hidden_BSD[0, :-1], model.lm_head_weight, ids[0, 1:])
+    return logprobs.tolist()
+
+
 def measure_parity(model: MoETransformer, prompts: list[Prompt], groups: list[list[Completion]]) -> ParityReport:
     diffs, replay_diffs = [], []
     mismatched = compared = 0

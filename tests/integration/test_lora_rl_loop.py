@@ -15,6 +15,7 @@ from rl_platform.controller import Controller
 from rl_platform.lora import LoRAConfig
 from rl_platform.model.hf_interop import load_hf
 from rl_platform.model.tokenizer import load_tokenizer
+from rl_platform.parity import teacher_forced_logprobs
 from rl_platform.tasks.prompts import ArithmeticPrompts
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -31,14 +32,6 @@ def setup(smoke_base_model):
                         reward_config=config.reward, resources=config.resources, seed=0)
     yield config, smoke_base_model, roles
     ray.shutdown()
-
-
-def _teacher_forced(model, token_ids):
-    from kernels.fused_logprobs import fused_logprobs
-
-    with torch.no_grad():
-        ids = torch.tensor([token_ids])
-        return fused_logprobs(model(ids).hidden_BSD[0, :-1], model.lm_head_weight, ids[0, 1:])[0].tolist()
 
 
 def test_two_lora_rl_steps_train_only_adapters_and_reach_the_engine_merged(setup):
@@ -67,7 +60,7 @@ def test_two_lora_rl_steps_train_only_adapters_and_reach_the_engine_merged(setup
     sequence = prompt.token_ids + sample.token_ids
     start = len(prompt.token_ids) - 1
     learner_lp = trainer.call("teacher_forced_logprobs", sequence)[start:]  # base + adapters, unmerged
-    base_lp = _teacher_forced(base_model, sequence)[start:]
+    base_lp = teacher_forced_logprobs(base_model, sequence)[start:]
     engine_lp = sample.generator_logprobs
     assert max(abs(a - b) for a, b in zip(engine_lp, learner_lp, strict=True)) < 1e-4
     assert max(abs(a - b) for a, b in zip(engine_lp, base_lp, strict=True)) > 1e-3
