@@ -156,6 +156,7 @@ def _loop(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, s
                             record_rollouts=run_dir.log_rollouts, ledger=ledger,
                             hint_prompt=getattr(prompts, "with_hint", None),  # sources with worked solutions
                             resample_prompts=getattr(prompts, "resample_batch", None))  # DAPO refills
+    generator.attach(controller.scheduler)  # a lost engine's samples are re-issued (rl_platform/supervision.py)
     if resume:
         # the dataset cursor and the groups admitted but not trained (a checkpoint without them: step's cursor)
         controller.scheduler.resume(start, checkpoints.resumed_state.get("scheduler"))
@@ -171,7 +172,7 @@ def _loop(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, s
                 return _stopped(checkpoints, trainer, run_dir, step, stop, controller)
             began = time.perf_counter()
             trainer.step = step
-            metrics = controller.run_step(step)
+            metrics = controller.run_step(step) | generator.metrics() | scorer.metrics()  # + fault counters
             run_dir.log_metrics(step + 1, metrics)
             last = step + 1 == num_steps
             # evaluate before checkpointing, so a checkpoint covers every row logged for its step

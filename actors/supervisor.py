@@ -1,0 +1,168 @@
+"""The Ray side of actor supervision (docs/fault_tolerance.md, "Actor faults"): every call to a rollout or reward
+actor is tracked with a deadline; a Ray actor error is a death, a call past its deadline is a hang; a hung
+actor is killed, and Ray restarts it (the actors are created with `max_restarts`).
+
+The recovery policy for rollout engines (re-issue, replace, reload the current weights, restore) lives in
+rl_platform/supervision.py; the reward pool's is here (`SupervisedRewardPool`): a shard whose worker died or
+hung is scored again on the next worker, so every sample is scored exactly once from the ledger's view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from rl_platform.supervision import EngineLost, LossReason, SupervisionConfig
+from rl_platform.types import Completion, Prompt, RewardResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Call:
+    """One outstanding actor call."""
+
+    actor: int
+    kind: str
+    sent: float
+    wait_s: float = 0.0
+    """The wait the call itself asked for (a long poll's max_wait_s); the deadline counts after it."""
+    version: int = 0
+
+
+class CallBook:
+    """Outstanding calls (ObjectRef -> Call) and the faults they revealed (actor -> EngineLost)."""
+
+    def __init__(self, deadline_s: float, clock=time.monotonic) -> None:
+        self.deadline_s = deadline_s
+        self.clock = clock
+        self.calls: dict[Any, Call] = {}
+        self.lost: dict[int, EngineLost] = {}
+        self.down: set[int] = set()
+        """Actors lost and not restarted yet (nothing is sent to them)."""
+
+    def track(self, ref: Any, actor: int, kind: str, wait_s: float = 0.0, version: int = 0) -> Any:
+        self.calls[ref] = Call(actor=actor, kind=kind, sent=self.clock(), wait_s=wait_s, version=version)
+        return ref
+
+    def of_kind(self, kind: str) -> list[Any]:
+        return [ref for ref, call in self.calls.items() if call.kind == kind]
+
+    def get(self, ref: Any) -> tuple[Call, Any, bool]:
+        """(call, result, ok): takes a finished call; a failed one marks its actor lost."""
+        call = self.calls.pop(ref)
+        try:
+            return call, ray.get(ref), True
+        except Exception as exc:  # any error of an engine call leaves the engine unusable: replace it
+            reason: LossReason = "engine_lost"
+            self.lose(call.actor, reason, f"{call.kind}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            return call, None, False
+
+    def lose(self, actor: int, reason: LossReason, detail: str) -> None:
+        if actor in self.down:
+            return
+        self.down.add(actor)
+        self.lost[actor] = EngineLost(engine=actor, reason=reason, detail=detail)
+        for ref in [r for r, c in self.calls.items() if c.actor == actor]:
+            del self.calls[ref]  # the old incarnation's answers are never awaited
+
+    def check_deadlines(self) -> None:
+        now = self.clock()
+        for call in list(self.calls.values()):
+            if now - call.sent > call.wait_s + self.deadline_s:
+                self.lose(call.actor, "engine_hung", f"{call.kind} unanswered after {now - call.sent:.0f} s "
+                          f"(resources.supervision.call_deadline_s={self.deadline_s:g})")
+
+    def take_lost(self) -> list[EngineLost]:
+        out, self.lost = list(self.lost.values()), {}
+        return out
+
+
+def restart_actor(handle: Any, reason: LossReason, timeout_s: float, ready_method: str = "__ray_ready__") -> None:
+    """Kills `handle` when it hangs (Ray restarts it: max_restarts) and waits until the new process answers."""
+    if reason == "engine_hung":
+        ray.kill(handle, no_restart=False)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(getattr(handle, ready_method).remote(), timeout=max(1.0, deadline - time.monotonic()))
+            return
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+            # the death may not be known yet (the call reached the old process); ask again until the restart
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"actor restart: no answer within {timeout_s:g} s "
+                                   f"(resources.supervision.restart_timeout_s) after {reason}: {exc}") from None
+            time.sleep(0.5)
+
+
+class SupervisedRewardPool:
+    """RewardScorer over a pool of reward actors: each shard has a deadline; a shard whose worker died or hung
+    is scored again on the next worker (the dead one restarts in the background)."""
+
+    def __init__(self, handles: list[Any], config: SupervisionConfig) -> None:
+        self.handles = handles
+        self.config = config
+        self.restarts = [0] * len(handles)
+        self.counters = {"faults/reward_restarts": 0, "faults/reward_shards_rescored": 0}
+
+    def score(self, prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[RewardResult]:
+        completions = [dataclasses.replace(c, routed_experts=None) for c in completions]  # scorers never read routes
+        size = -(-len(completions) // len(self.handles)) or 1
+        shards = [slice(i, min(len(completions), i + size)) for i in range(0, len(completions), size)]
+        book = CallBook(self.config.call_deadline_s)
+        pending: dict[Any, tuple[int, int]] = {}
+        """ObjectRef -> (shard, worker)."""
+        for index, shard in enumerate(shards):
+            self._send(book, pending, index, index, prompts[shard], completions[shard])
+        results: dict[int, list[RewardResult]] = {}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in done:
+                index, worker = pending.pop(ref)
+                _, value, ok = book.get(ref)
+                if ok:
+                    results[index] = value
+                else:
+                    self._rescore(book, pending, worker, index, "engine_lost", prompts[shards[index]],
+                                  completions[shards[index]])
+            book.check_deadlines()
+            for ref in [r for r in pending if r not in book.calls]:  # a hung worker's calls left the book
+                index, worker = pending.pop(ref)
+                self._rescore(book, pending, worker, index, "engine_hung", prompts[shards[index]],
+                              completions[shards[index]])
+        return [r for i in range(len(shards)) for r in results[i]]
+
+    def _send(self, book: CallBook, pending: dict, index: int, worker: int, prompts, completions,
+              wait_s: float = 0.0) -> None:
+        ref = self.handles[worker].score.remote(list(prompts), list(completions))
+        pending[book.track(ref, worker, "score", wait_s=wait_s)] = (index, worker)
+
+    def _rescore(self, book: CallBook, pending: dict, worker: int, index: int, reason: LossReason, prompts,
+                 completions) -> None:
+        book.lost.pop(worker, None)
+        if worker in book.down:  # first fault of this worker in this call: it restarts
+            book.down.discard(worker)
+            if self.restarts[worker] >= self.config.max_restarts:
+                raise RuntimeError(f"reward worker {worker}: {reason} after {self.restarts[worker]} restarts "
+                                   f"(resources.supervision.max_restarts={self.config.max_restarts}); look at the "
+                                   "reward's log in the run directory, or raise max_restarts")
+            self.restarts[worker] += 1
+            self.counters["faults/reward_restarts"] += 1
+            if reason == "engine_hung":
+                ray.kill(self.handles[worker], no_restart=False)  # Ray restarts it
+        self.counters["faults/reward_shards_rescored"] += 1
+        target = (worker + 1) % len(self.handles)  # a live worker if there is one; else the restarting one
+        logger.error("reward worker %d %s: scoring its shard of %d again on worker %d", worker,
+                     reason.removeprefix("engine_"), len(completions), target)
+        # a call to a restarting worker waits for its new process
+        self._send(book, pending, index, target, prompts, completions,
+                   wait_s=self.config.restart_timeout_s if target == worker else 0.0)
+
+    def metrics(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.counters.items()}
