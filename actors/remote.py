@@ -19,7 +19,7 @@ from actors.cpu_share import CpuShare
 from actors.learner import LearnerWorker
 from actors.reward_pool import RewardWorker
 from actors.rollout import RolloutEngineConfig, RolloutWorker
-from actors.supervisor import CallBook, SupervisedRewardPool, restart_actor
+from actors.supervisor import CallBook, SupervisedRewardPool, process_ids, restart_actor
 from rl_platform.config import check
 from rl_platform.learner import LearnerConfig
 from rl_platform.supervision import EngineFault, EngineLost, EngineSupervisor, LossReason, SupervisionConfig
@@ -101,6 +101,7 @@ class RemoteGenerator:
         self._clocks = [0.0] * len(handles)
         self._versions = [0] * len(handles)
         self._last_ping = [0.0] * len(handles)
+        self.pids = process_ids(handles)
 
     def _live(self) -> list[int]:
         return [e for e in range(self.num_engines) if e not in self.book.down]
@@ -192,7 +193,8 @@ class RemoteGenerator:
         return self.book.take_lost()
 
     def restart_engine(self, engine: int, reason: LossReason) -> None:
-        restart_actor(self.handles[engine], reason, self.supervision.restart_timeout_s, ready_method="ping")
+        self.pids[engine] = restart_actor(self.handles[engine], reason, self.pids[engine],
+                                          self.supervision.restart_timeout_s, ready_method="ping")
         self.book.down.discard(engine)
         self._versions[engine] = 0  # a new process serves the base model until load_engine
         self._busy[engine] = 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,10 @@ class RewardWorker:
         setup_logging(f"reward {worker_index}")
         self.scorer = reward_config.build()
         self._faults = FaultHook("reward", worker_index)
+
+    def process_id(self) -> int:
+        """The actor's process (supervision tells a restarted actor by a new one)."""
+        return os.getpid()
 
     def score(self, prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[RewardResult]:
         name = getattr(self.scorer, "name", "reward")

@@ -14,6 +14,7 @@ is threaded (several Ray calls at once): a long `poll` never delays `submit` or 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -184,6 +185,10 @@ class RolloutWorker:
             return len(dropped)
 
         return self._on_engine_thread(drop)
+
+    def process_id(self) -> int:
+        """The actor's process (supervision tells a restarted actor by a new one)."""
+        return os.getpid()
 
     def ping(self) -> int:
         """Answers from the engine thread (a stuck engine misses the caller's deadline); unfinished requests."""
