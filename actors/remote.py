@@ -121,16 +121,10 @@ class RemoteGenerator:
     def poll(self, max_wait_s: float) -> GeneratorPoll:
         self._collect(timeout=0)
         waiting = {c.actor for c in self.book.calls.values() if c.kind == "poll"}
-        pinged = {c.actor for c in self.book.calls.values() if c.kind == "ping"}
-        now = time.monotonic()
         for engine in self._live():
-            handle = self.handles[engine]
             if engine not in waiting:
-                self.book.track(handle.poll.remote(max_wait_s), engine, "poll", wait_s=max_wait_s)
-            if engine not in pinged and now - self._last_ping[engine] >= PING_S:
-                # a poll does not need the engine thread; a ping does, so a stuck engine misses its deadline
-                self._last_ping[engine] = now
-                self.book.track(handle.ping.remote(), engine, "ping")
+                self.book.track(self.handles[engine].poll.remote(max_wait_s), engine, "poll", wait_s=max_wait_s)
+        self._ping()
         polls = self.book.of_kind("poll")
         ready, _ = ray.wait(polls, num_returns=1, timeout=max_wait_s) if polls else ([], [])
         if ready:  # take whatever else is ready too
@@ -150,14 +144,28 @@ class RemoteGenerator:
         return GeneratorPoll(completions=completions, busy_seconds=list(self._busy), clock_seconds=list(self._clocks),
                              versions=list(self._versions))
 
+    def _ping(self) -> None:
+        """A poll does not need the engine thread; a ping does, so a stuck engine misses the ping's deadline."""
+        pinged = {c.actor for c in self.book.calls.values() if c.kind == "ping"}
+        now = time.monotonic()
+        for engine in self._live():
+            if engine not in pinged and now - self._last_ping[engine] >= PING_S:
+                self._last_ping[engine] = now
+                self.book.track(self.handles[engine].ping.remote(), engine, "ping")
+
     def generate(self, prompts: Sequence[Prompt], sampling: Any) -> list[list[Completion]]:
         self._collect(timeout=None)  # the batch must run on the newest weights
         live = self._live()
         shards = _shards(len(prompts), len(live))
-        refs = [self.book.track(self.handles[e].generate.remote(list(prompts[s]), sampling), e, "generate")
-                for e, s in zip(live, shards, strict=False)]
-        ray.wait(refs, num_returns=len(refs), timeout=self.book.deadline_s)
-        self.book.check_deadlines()
+        # a large batch may take long: its engines are watched through pings, not through the batch's duration
+        refs = [self.book.track(self.handles[e].generate.remote(list(prompts[s]), sampling), e, "generate",
+                                wait_s=float("inf")) for e, s in zip(live, shards, strict=False)]
+        while not self.book.lost:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=PING_S)
+            if len(ready) == len(refs):
+                break
+            self._ping()
+            self._collect(timeout=0)
         parts = [self.book.get(ref) for ref in refs if ref in self.book.calls]
         if self.book.lost:
             raise EngineFault(next(iter(self.book.lost.values())))

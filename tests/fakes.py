@@ -161,6 +161,13 @@ class FakeFleet(FakeGenerator):
                                 for e, v in enumerate(self.engine_versions)]
         return super().load_weights(weights, wait)
 
+    def generate(self, prompts, sampling):
+        if self._lost:  # an engine faulted in the batch (RemoteGenerator raises the same)
+            from rl_platform.supervision import EngineFault
+
+            raise EngineFault(self._lost[0])
+        return super().generate(prompts, sampling)
+
     def take_lost(self):
         out, self._lost = self._lost, []
         return out

@@ -72,6 +72,15 @@ def test_an_engine_that_keeps_failing_stops_the_run_with_the_key_to_raise():
         controller.run_step(2)
 
 
+def test_a_batch_whose_engine_faults_runs_again_on_the_replacement():
+    fleet, supervisor, controller, _ = _run()
+    controller.run_step(0)
+    fleet.hang(0)
+    groups = supervisor.generate(prompts(99, 2), SamplingConfig(num_samples_per_prompt=3))
+    assert [len(g) for g in groups] == [3, 3]
+    assert fleet.events == [("restart", 0, "engine_hung"), ("load", 0, 1)]
+
+
 def test_supervision_config_rejects_bad_values():
     with pytest.raises(ConfigError, match="call_deadline_s"):
         SupervisionConfig(call_deadline_s=0)
