@@ -101,6 +101,8 @@ class RemoteGenerator:
         self._clocks = [0.0] * len(handles)
         self._versions = [0] * len(handles)
         self._last_ping = [0.0] * len(handles)
+        self._busy_before = [0.0] * len(handles)
+        """Busy seconds of an engine's earlier processes (its busy time stays cumulative across restarts)."""
         self.pids = process_ids(handles)
 
     def _live(self) -> list[int]:
@@ -138,7 +140,8 @@ class RemoteGenerator:
                 continue
             completions += result.completions
             engine = call.actor
-            self._busy[engine], self._clocks[engine] = result.busy_seconds[0], result.clock_seconds[0]
+            self._busy[engine] = self._busy_before[engine] + result.busy_seconds[0]
+            self._clocks[engine] = result.clock_seconds[0]
             self._versions[engine] = max(self._versions[engine], result.versions[0])
         self.book.check_deadlines()
         return GeneratorPoll(completions=completions, busy_seconds=list(self._busy), clock_seconds=list(self._clocks),
@@ -205,7 +208,7 @@ class RemoteGenerator:
                                           self.supervision.restart_timeout_s, ready_method="ping")
         self.book.down.discard(engine)
         self._versions[engine] = 0  # a new process serves the base model until load_engine
-        self._busy[engine] = 0.0
+        self._busy_before[engine] = self._busy[engine]
 
     def load_engine(self, engine: int, weights: PolicyWeights | PolicyWeightsHandle) -> None:
         ref = weights.ref if isinstance(weights, PolicyWeightsHandle) else ray.put(weights)

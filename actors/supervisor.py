@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from rl_platform.supervision import EngineLost, LossReason, SupervisionConfig
+from rl_platform.supervision import EngineFailed, EngineLost, LossReason, SupervisionConfig
 from rl_platform.types import Completion, Prompt, RewardResult
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class SupervisedRewardPool:
         if worker in self._restarting:
             return
         if self.restarts[worker] >= self.config.max_restarts:
-            raise RuntimeError(f"reward worker {worker}: {reason} after {self.restarts[worker]} restarts "
+            raise EngineFailed(f"reward worker {worker}: {reason} after {self.restarts[worker]} restarts "
                                f"(resources.supervision.max_restarts={self.config.max_restarts}); look at the "
                                "reward's log in the run directory, or raise max_restarts")
         logger.error("reward worker %d %s: restarting it", worker, reason.removeprefix("engine_"))
@@ -194,7 +194,7 @@ class SupervisedRewardPool:
                     del self._restarting[worker]
                     logger.info("reward worker %d is back (process %d)", worker, pid)
                 elif time.monotonic() - since > self.config.restart_timeout_s:
-                    raise RuntimeError(f"reward worker {worker}: no new process within "
+                    raise EngineFailed(f"reward worker {worker}: no new process within "
                                        f"{self.config.restart_timeout_s:g} s (resources.supervision."
                                        "restart_timeout_s)")
             live = [w for w in range(len(self.handles)) if w not in self._restarting]

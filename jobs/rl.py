@@ -31,6 +31,7 @@ from rl_platform.model.tokenizer import load_tokenizer
 from rl_platform.progress import Progress, format_duration
 from rl_platform.run_dir import RunDir, setup_logging
 from rl_platform.shutdown import GracefulStop, resume_command
+from rl_platform.supervision import EngineFailed
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def _train_with_restarts(config: RLJobConfig, run_dir: RunDir, base_path: Path, 
     while True:
         try:
             return _train(config, run_dir, base_path, resume, stop, checkpoints)
-        except LearnerFailed as failure:
+        except (LearnerFailed, EngineFailed) as failure:  # an actor fault supervision could not repair
             if restarts >= config.loop.auto_resume:
                 print(learner_failure_message(failure, checkpoints, run_dir), file=sys.stderr)
                 return 1
@@ -139,7 +140,7 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, 
     try:
         return _loop(config, run_dir, base_path, resume, stop, checkpoints, generator, scorer,
                      GuardedTrainer(remote_trainer))
-    except LearnerFailed:
+    except (LearnerFailed, EngineFailed):
         _stop_roles(generator, scorer, remote_trainer)
         raise
 

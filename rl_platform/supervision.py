@@ -70,7 +70,8 @@ class EngineFault(RuntimeError):
 
 
 class EngineFailed(RuntimeError):
-    """An engine faulted more often than `max_restarts` allows, or its replacement did not come up."""
+    """A rollout engine or reward worker faulted more often than `max_restarts` allows, or its replacement did
+    not come up: the job stops (or `loop.auto_resume` restarts every role from the newest checkpoint)."""
 
 
 class EngineFleet(Generator, Protocol):
@@ -195,9 +196,13 @@ class EngineSupervisor:
             self.counters["faults/samples_reissued"] += self.scheduler.reissue_owed(e, fault.reason)
         self.restarts[e] += 1
         self.counters["faults/engine_restarts"] += 1
-        self.fleet.restart_engine(e, fault.reason)
-        if self.weights is not None:  # before it takes work: it came up with the base model's weights
-            self.fleet.load_engine(e, self.weights)
+        try:
+            self.fleet.restart_engine(e, fault.reason)
+            if self.weights is not None:  # before it takes work: it came up with the base model's weights
+                self.fleet.load_engine(e, self.weights)
+        except Exception as exc:  # the replacement did not come up: nothing more to try in this job
+            raise EngineFailed(f"rollout engine {e}: its replacement after {fault.reason} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
         if self.scheduler is None:
             return
         if others_live:
