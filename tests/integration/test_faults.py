@@ -6,7 +6,7 @@ outside, by signals to real processes, and the run's own files are checked after
 2. The remote reward server goes down for a few seconds, then comes back; later SIGKILL the learner actor
    with `loop.auto_resume=1`. The run finishes with no failed sample and every step exactly once.
 3. Actor faults in one run on two rollout engines and two reward workers: a rollout engine hangs mid-step past
-   its call deadline, a reward worker is SIGKILLed mid-scoring (both by the test-only hook in
+   its call deadline, a reward worker is SIGKILLed mid-scoring, the other hangs mid-scoring (by the test-only hook in
    actors/fault_injection.py, so they land at a precise point), and the test SIGKILLs the other rollout
    engine's process mid-run. The run finishes; the ledger is exactly-once; the fault counters record each.
 """
@@ -180,10 +180,12 @@ def test_scorer_outage_and_learner_kill_with_auto_resume(smoke_base_model, tmp_p
 def test_rollout_hang_reward_kill_and_rollout_kill_in_one_run(smoke_base_model, tmp_path):
     run_dir, log_path, markers = tmp_path / "run", tmp_path / "job.log", tmp_path / "faults"
     # sync mode sends 8 of a step's 16 samples to each engine: engine 1 hangs on its 13th, mid step 2 with
-    # samples still owed; reward worker 0 dies in the call that takes it past 16 scored samples (step 2 or 3)
+    # samples still owed; reward worker 0 dies in the call that takes it past 16 scored samples (step 2 or 3),
+    # reward worker 1 hangs in the call that takes it past 24 (step 3 or 4)
     faults = {"marker_dir": str(markers), "faults": [
         {"role": "rollout", "worker": 1, "action": "hang", "after": 12},
-        {"role": "reward", "worker": 0, "action": "kill", "after": 16}]}
+        {"role": "reward", "worker": 0, "action": "kill", "after": 16},
+        {"role": "reward", "worker": 1, "action": "hang", "after": 24}]}
     extra = [*DIGITS, "rollout.num_workers=2", "rollout.kv_cache_gib=0.25", "resources.num_reward_workers=2",
              "resources.supervision.call_deadline_s=20", "checkpoint_every=0"]
     with open(log_path, "w") as log:
@@ -194,7 +196,7 @@ def test_rollout_hang_reward_kill_and_rollout_kill_in_one_run(smoke_base_model, 
         os.kill(engine, signal.SIGKILL)  # during step 4's generation
         assert job.wait(900) == 0, log_path.read_text()[-3000:]
     text = log_path.read_text()
-    assert sorted(p.name for p in markers.iterdir()) == ["fired-0", "fired-1"]  # both planned faults fired
+    assert sorted(p.name for p in markers.iterdir()) == ["fired-0", "fired-1", "fired-2"]  # every fault fired
     _assert_exactly_once(run_dir)
     ledger = Ledger.replay(run_dir / "ledger.jsonl")
     ledger.check_closed()
@@ -205,8 +207,8 @@ def test_rollout_hang_reward_kill_and_rollout_kill_in_one_run(smoke_base_model, 
     assert last["faults/engine_hung"] == 1 and last["faults/engine_lost"] >= 1
     assert last["faults/engine_restarts"] == last["faults/engine_hung"] + last["faults/engine_lost"]
     assert last["faults/samples_reissued"] >= summary["dropped_engine_hung"]
-    assert last["faults/reward_restarts"] == 1 and last["faults/reward_shards_rescored"] >= 1
+    assert last["faults/reward_restarts"] == 2 and last["faults/reward_shards_rescored"] >= 2
     # each replacement served the learner's current version (> 0) before it took work
     versions = [int(v) for v in re.findall(r"rollout engine \d replaced \(restart \d/\d, serves version (\d+)\)", text)]
     assert len(versions) == last["faults/engine_restarts"] and min(versions) >= 1
-    assert "rollout engine 1 hung" in text and "reward worker 0 lost" in text
+    assert "rollout engine 1 hung" in text and "reward worker 0 lost" in text and "reward worker 1 hung" in text
