@@ -9,6 +9,7 @@ parameter gathering are collectives.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -24,7 +25,8 @@ from actors.cpu_share import CpuShare
 from actors.learner import LearnerWorker
 from actors.remote import PolicyWeightsHandle
 from rl_platform.distributed import balanced_shards
-from rl_platform.learner import LearnerConfig
+from rl_platform.learner import Learner, LearnerConfig
+from rl_platform.run_dir import setup_logging
 from rl_platform.types import PolicyWeights, Rollout
 
 logger = logging.getLogger(__name__)
@@ -47,8 +49,18 @@ class LearnerRankWorker(LearnerWorker):
     def start(self, rank: int, world: int, local_rank: int, master: tuple[str, int]) -> int:
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world),
                           LOCAL_SIZE=str(world), MASTER_ADDR=master[0], MASTER_PORT=str(master[1]))
-        LearnerWorker.__init__(self, *self._args)
+        config, model_path, seed, cpu = self._args
+        setup_logging(f"learner.rank{rank}")
+        cpu.apply()
+        self.learner = Learner(config, model_path, seed=seed)
         return self.learner.version
+
+    @functools.cached_property
+    def tokenizer(self):
+        """Loaded when an export needs it (the ranks of a learner group never tokenize otherwise)."""
+        from rl_platform.model.tokenizer import load_tokenizer
+
+        return load_tokenizer(self._args[1])
 
     def publish(self) -> tuple[int, PolicyWeights | None]:
         weights = self.learner.publish_weights()

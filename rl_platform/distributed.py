@@ -213,7 +213,14 @@ class ScoringHead(torch.nn.Module):
         return fused_logprobs(hidden_ND, self._adapter[0].lm_head_weight, targets_N, temperature)
 
     def attach(self) -> None:
-        """Registers the LM-head weight with DeepSpeed (after deepspeed.initialize partitioned it)."""
+        """Registers the LM-head weight with DeepSpeed (after deepspeed.initialize partitioned it), and each
+        router's weights with the MoE layer that calls it: a router returns a RoutingResult, not a tensor, so
+        ZeRO-3 cannot hook the router's own backward; the MoE layer's backward gathers them instead."""
         import deepspeed
 
         deepspeed.zero.register_external_parameter(self, self._adapter[0].lm_head_weight)
+        for parent in self._adapter[0].module.modules():
+            router = getattr(parent, "router", None)
+            if isinstance(router, torch.nn.Module):
+                for param in router.parameters():
+                    deepspeed.zero.register_external_parameter(parent, param)

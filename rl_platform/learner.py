@@ -77,6 +77,9 @@ class LearnerConfig:
     zero_stage: int = 2
     """DeepSpeed ZeRO stage: 0, 1 (optimizer state sharded over the learner ranks), 2 (+ gradients) or 3
     (+ parameters, gathered layer by layer in each forward); docs/scale_out.md."""
+    zero3_persist_below: int = 100_000
+    """Under ZeRO-3, parameters with fewer elements are kept whole on every rank instead of gathered per
+    forward (DeepSpeed's stage3_param_persistence_threshold); 0 partitions every parameter."""
     num_ranks: int = 1
     """Learner processes (Ray actors in one placement group) that form one data-parallel DeepSpeed engine;
     each trains a token-balanced share of the batch and the update equals the one-process update
@@ -222,7 +225,8 @@ class Learner:
             model.scoring_head = ScoringHead(self.policy)
         self.engine, self.optimizer = build_deepspeed_engine(
             model, config.optim, zero_stage=config.zero_stage, bf16=config.bf16,
-            micro_batch_size=config.micro_batch_size, grad_accum_steps=1)
+            micro_batch_size=config.micro_batch_size, grad_accum_steps=1,
+            zero3_persist_below=config.zero3_persist_below)
         if config.zero_stage == 3:
             model.scoring_head.attach()
         self.ranks = RankGroup.current()
@@ -333,6 +337,8 @@ class Learner:
                 idx = torch.arange(1)
             s = micro.input_ids_BS.shape[1]
             forced = None if replay_routes is None else replay_routes[idx, :s]
+            if cfg.zero_stage == 3:  # what engine.forward does (we call the module): accumulate, not overwrite
+                self.engine.optimizer.clear_backward_seen_flag()
             logprobs, entropy, out = response_logprobs(self.policy, micro, forced_routes=forced,
                                                        capture=micro.rollout_routes_BSLK is not None,
                                                        temperature=cfg.temperature)
