@@ -117,6 +117,9 @@ def _stop_roles(*clients: object) -> None:
     import ray
 
     for client in clients:
+        if hasattr(client, "shutdown"):  # a learner group also frees its placement group
+            client.shutdown()
+            continue
         for handle in [*getattr(client, "handles", []), *filter(None, [getattr(client, "handle", None)])]:
             ray.kill(handle)
 

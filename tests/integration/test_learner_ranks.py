@@ -28,7 +28,9 @@ TOLERANCE = 1e-5
 
 
 def _config(zero_stage: int, num_ranks: int) -> LearnerConfig:
-    optim = OptimConfig(lr=1e-2, warmup_steps=0, schedule="constant", weight_decay=0.0)
+    # Adam's first step moves each weight by about lr, times g / (|g| + eps): rounding differences in tiny
+    # gradients move it by up to ~1e-3 lr, so lr 1e-3 keeps them well inside the tolerance
+    optim = OptimConfig(lr=1e-3, warmup_steps=0, schedule="constant", weight_decay=0.0)
     # zero3_persist_below=0: ZeRO-3 partitions even this tiny model's parameters (gathered per forward)
     return LearnerConfig(routing_replay="R3", zero_stage=zero_stage, num_ranks=num_ranks, micro_batch_size=2,
                          optim=optim, zero3_persist_below=0)
@@ -107,31 +109,33 @@ def test_two_ranks_give_the_one_rank_update(model_dir, batch, ray_instance, zero
     initial = {n: p.detach().clone() for n, p in load_hf(model_dir).named_parameters()}
     ref_published, ref_metrics, ref_params = _one_rank(model_dir, batch, zero_stage)
     group = _group(model_dir, zero_stage)
-    metrics = group.train_step(*batch)
-    rank0, rank1 = group.call_all("trainable_parameters")
+    try:
+        metrics = group.train_step(*batch)
+        rank0, rank1 = group.call_all("trainable_parameters")
 
-    moved = _max_diff(ref_params, initial)
-    diff = _max_diff(rank0, ref_params)
-    print(f"ZeRO-{zero_stage}: max |2 ranks - 1 rank| = {diff:.3g} (the step moved parameters by up to {moved:.3g})")
-    assert moved > 1e-3  # the comparison is not between two untouched models
-    assert diff <= TOLERANCE
-    assert _max_diff(rank0, rank1) == 0.0  # the ranks hold one model
-    assert metrics["train/grad_norm"] == pytest.approx(ref_metrics["train/grad_norm"], rel=1e-5)
-    for key in ("loss/policy", "loss/clip_frac", "policy/entropy", "train/logprob_abs_diff_mean",
-                "train/kl_train_infer", "moe/route_mismatch", "moe/route_mismatch_during_update"):
-        assert metrics[key] == pytest.approx(ref_metrics[key], rel=1e-5, abs=1e-7), key
-    assert metrics["moe/route_mismatch"] > 0.2  # the shifted routes of every third row are counted
+        moved = _max_diff(ref_params, initial)
+        diff = _max_diff(rank0, ref_params)
+        print(f"ZeRO-{zero_stage}: max |2 ranks - 1 rank| = {diff:.3g} (the step moved parameters by up to "
+              f"{moved:.3g})")
+        assert moved > 5e-4  # the comparison is not between two untouched models
+        assert diff <= TOLERANCE
+        assert _max_diff(rank0, rank1) == 0.0  # the ranks hold one model
+        assert metrics["train/grad_norm"] == pytest.approx(ref_metrics["train/grad_norm"], rel=1e-5)
+        for key in ("loss/policy", "loss/clip_frac", "policy/entropy", "train/logprob_abs_diff_mean",
+                    "train/kl_train_infer", "moe/route_mismatch", "moe/route_mismatch_during_update"):
+            assert metrics[key] == pytest.approx(ref_metrics[key], rel=1e-5, abs=1e-7), key
+        assert metrics["moe/route_mismatch"] > 0.2  # the shifted routes of every third row are counted
 
-    weights = ray.get(group.publish_weights().ref)  # rank 0's, gathered under ZeRO-3
-    assert weights.version == 1
-    assert _max_diff({n: torch.as_tensor(t) for n, t in weights.named_tensors()}, ref_published) <= TOLERANCE
+        weights = ray.get(group.publish_weights().ref)  # rank 0's, gathered under ZeRO-3
+        assert weights.version == 1
+        assert _max_diff({n: torch.as_tensor(t) for n, t in weights.named_tensors()}, ref_published) <= TOLERANCE
 
-    if zero_stage == 2:  # save and resume across ranks; a different rank count is refused
-        group.save_checkpoint(str(tmp_path / "ckpt"), {"step": 1})
-        state = group.load_checkpoint(str(tmp_path / "ckpt"))
-        assert state["learner_step"] == 1
-        assert _max_diff(group.call("trainable_parameters"), rank0) == 0.0
-        with pytest.raises(CheckpointError, match=r"2 learner rank\(s\).*learner.num_ranks=2"):
-            Learner(_config(2, 1), str(model_dir)).load_checkpoint(str(tmp_path / "ckpt"))
-    for handle in group.handles:
-        ray.kill(handle)
+        if zero_stage == 2:  # save and resume across ranks; a different rank count is refused
+            group.save_checkpoint(str(tmp_path / "ckpt"), {"step": 1})
+            state = group.load_checkpoint(str(tmp_path / "ckpt"))
+            assert state["learner_step"] == 1
+            assert _max_diff(group.call("trainable_parameters"), rank0) == 0.0
+            with pytest.raises(CheckpointError, match=r"2 learner rank\(s\).*learner.num_ranks=2"):
+                Learner(_config(2, 1), str(model_dir)).load_checkpoint(str(tmp_path / "ckpt"))
+    finally:
+        group.shutdown()  # frees the placement group for the next stage
