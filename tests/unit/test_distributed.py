@@ -52,3 +52,17 @@ def test_unsupported_combinations_are_refused():
     with pytest.raises(ConfigError, match="LearnerConfig.num_ranks"):
         LearnerConfig(num_ranks=0)
     assert LearnerConfig(num_ranks=2, zero_stage=3).num_ranks == 2
+
+
+def test_dry_run_plan_counts_every_rank():
+    import argparse
+    import dataclasses
+
+    from jobs.recipes.rl import grpo_smoke
+    from jobs.rl import plan
+
+    config = grpo_smoke()
+    config.learner = dataclasses.replace(config.learner, num_ranks=2)
+    text = "\n".join(plan("grpo_smoke", config, argparse.Namespace(address=None)))
+    assert "2 learner ranks: DeepSpeed ZeRO-2" in text and "0.5 CPU each" in text
+    assert "1.6 logical CPUs requested" in text  # engine 0.5 + reward 0.1 + 2 ranks x 0.5
