@@ -75,6 +75,16 @@ def rank_cpu_share(share: CpuShare, num_ranks: int) -> CpuShare:
     return CpuShare(role="all", threads=max(1, share.threads // num_ranks))
 
 
+def _get_all(refs: list[Any]) -> list[Any]:
+    """Every rank's result; a failed rank's error is raised as soon as it arrives (the others would wait for
+    it in a collective until gloo's timeout)."""
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done)
+    return ray.get(refs)
+
+
 class LearnerGroup:
     """PolicyTrainer client over `config.num_ranks` learner ranks (same methods as RemoteTrainer).
 
@@ -100,13 +110,12 @@ class LearnerGroup:
         for ip, _ in addresses:
             local_ranks.append(seen[ip])
             seen[ip] += 1
-        ray.get([h.start.remote(rank, n, local_ranks[rank], addresses[0])
-                 for rank, h in enumerate(self.handles)])
+        _get_all([h.start.remote(rank, n, local_ranks[rank], addresses[0]) for rank, h in enumerate(self.handles)])
         logger.info("learner group: %d ranks, ZeRO-%d, rank 0 at %s:%d, %s per rank", n, config.zero_stage,
                     *addresses[0], share)
 
     def _all(self, method: str, *args: Any) -> list[Any]:
-        return ray.get([getattr(h, method).remote(*args) for h in self.handles])
+        return _get_all([getattr(h, method).remote(*args) for h in self.handles])
 
     def train_step(self, rollouts: Sequence[Rollout], advantages: Sequence[float | None]) -> dict[str, float]:
         lengths = [len(r.prompt.token_ids) + len(r.completion.token_ids) for r in rollouts]
@@ -117,11 +126,11 @@ class LearnerGroup:
             part, adv = ([rollouts[i] for i in rows], [advantages[i] for i in rows]) if rows else ([rollouts[0]],
                                                                                                   [None])
             refs.append(handle.train_step.remote(part, adv))
-        return ray.get(refs)[0]
+        return _get_all(refs)[0]
 
     def publish_weights(self) -> PolicyWeightsHandle:
         refs = [h.publish.options(num_returns=2).remote() for h in self.handles]
-        versions = ray.get([version for version, _ in refs])  # every rank took part (ZeRO-3 gathers)
+        versions = _get_all([version for version, _ in refs])  # every rank took part (ZeRO-3 gathers)
         return PolicyWeightsHandle(version=versions[0], ref=refs[0][1])
 
     def save_checkpoint(self, path: str, client_state: dict) -> None:
