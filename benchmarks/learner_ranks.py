@@ -41,20 +41,27 @@ def demo_batch(model_path: str, prompts: int, samples: int, max_tokens: int, see
     vocab = model.module.config.vocab_size
     g = torch.Generator().manual_seed(seed)
     rollouts, advantages = [], []
-    for p in range(prompts):
+    for p in range(prompts):  # one right-padded forward per group of samples
         prompt_ids = torch.randint(3, vocab, (int(torch.randint(8, 13, (1,), generator=g)),), generator=g).tolist()
-        for s in range(samples):
-            n = int(torch.randint(4, max_tokens + 1, (1,), generator=g))
-            response = torch.randint(3, vocab, (n,), generator=g).tolist()
-            ids = torch.tensor([prompt_ids + response])
-            with torch.no_grad():
-                out = model(ids, capture_routes=True)
-                logp = torch.log_softmax(model.module.logits(out.hidden_BSD)[0, :-1], -1)
-            lp = logp.gather(1, ids[0, 1:, None])[:, 0][len(prompt_ids) - 1:].tolist()
-            prompt = Prompt(prompt_id=f"p{p}", text="", token_ids=prompt_ids)
+        responses = [torch.randint(3, vocab, (int(torch.randint(4, max_tokens + 1, (1,), generator=g)),),
+                                   generator=g).tolist() for _ in range(samples)]
+        width = len(prompt_ids) + max(len(r) for r in responses)
+        ids = torch.zeros(samples, width, dtype=torch.long)
+        mask = torch.zeros(samples, width, dtype=torch.long)
+        for s, response in enumerate(responses):
+            ids[s, :len(prompt_ids) + len(response)] = torch.tensor(prompt_ids + response)
+            mask[s, :len(prompt_ids) + len(response)] = 1
+        with torch.no_grad():
+            out = model(ids, attention_mask_BS=mask, capture_routes=True)
+            logp = torch.log_softmax(model.module.logits(out.hidden_BSD)[:, :-1], -1)
+        token_lp = logp.gather(2, ids[:, 1:, None])[..., 0]
+        prompt = Prompt(prompt_id=f"p{p}", text="", token_ids=prompt_ids)
+        for s, response in enumerate(responses):
+            n, end = len(response), len(prompt_ids) + len(response) - 1
             completion = Completion(prompt_id=prompt.prompt_id, sample_index=s, token_ids=response, text="",
-                                    generator_logprobs=lp, finish_reason="length", policy_versions=[0] * n,
-                                    routed_experts=out.routes_BSLK[0, :-1].numpy().astype(np.uint8))
+                                    generator_logprobs=token_lp[s, len(prompt_ids) - 1:end].tolist(),
+                                    finish_reason="length", policy_versions=[0] * n,
+                                    routed_experts=out.routes_BSLK[s, :end].numpy().astype(np.uint8))
             reward = float(torch.rand(1, generator=g) < 0.5)
             rollouts.append(Rollout(prompt=prompt, completion=completion,
                                     reward=RewardResult(value=reward, failed=False)))
