@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
+from actors.fault_injection import FaultHook
 from rl_platform.run_dir import setup_logging
 from rl_platform.types import Completion, Prompt, RewardInput, RewardResult
 
@@ -32,9 +34,15 @@ class RewardWorker:
     def __init__(self, reward_config: Any, worker_index: int = 0) -> None:
         setup_logging(f"reward {worker_index}")
         self.scorer = reward_config.build()
+        self._faults = FaultHook("reward", worker_index)
+
+    def process_id(self) -> int:
+        """The actor's process (supervision tells a restarted actor by a new one)."""
+        return os.getpid()
 
     def score(self, prompts: Sequence[Prompt], completions: Sequence[Completion]) -> list[RewardResult]:
         name = getattr(self.scorer, "name", "reward")
+        self._faults.tick(len(completions))  # test-only (unset in real runs): a planned kill or hang mid-scoring
         try:
             results = list(self.scorer.score(reward_inputs(prompts, completions)))
         except Exception as exc:  # a broken reward fails its samples, it does not kill the run

@@ -14,6 +14,7 @@ is threaded (several Ray calls at once): a long `poll` never delays `submit` or 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.cpu_share import CpuShare
+from actors.fault_injection import FaultHook
 from rl_platform.config import check
 from rl_platform.run_dir import setup_logging
 from rl_platform.types import Completion, GeneratorPoll, PolicyWeights, Prompt, SampleKey, SampleRequest
@@ -96,6 +98,7 @@ class RolloutWorker:
         self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._calls = 0
+        self._faults = FaultHook("rollout", worker_index)
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._thread.start()
         logger.info("engine up in %.1f s (%s, %s, cores %s)", time.perf_counter() - start, model_path, config.dtype,
@@ -145,6 +148,8 @@ class RolloutWorker:
             else:
                 self._finished.append(completion)
             self._cond.notify_all()
+        if tag == "train":
+            self._faults.tick()  # test-only (unset in real runs): a planned kill or hang of this engine
 
     def _on_engine_thread(self, fn: Callable[[], Any]) -> Any:
         """Runs `fn` on the engine thread between two engine steps and returns its result."""
@@ -180,6 +185,14 @@ class RolloutWorker:
             return len(dropped)
 
         return self._on_engine_thread(drop)
+
+    def process_id(self) -> int:
+        """The actor's process (supervision tells a restarted actor by a new one)."""
+        return os.getpid()
+
+    def ping(self) -> int:
+        """Answers from the engine thread (a stuck engine misses the caller's deadline); unfinished requests."""
+        return self._on_engine_thread(lambda: self.engine.num_unfinished)
 
     def poll(self, max_wait_s: float) -> GeneratorPoll:
         """Samples finished since the last poll; waits up to max_wait_s for at least one."""

@@ -31,6 +31,7 @@ from rl_platform.model.tokenizer import load_tokenizer
 from rl_platform.progress import Progress, format_duration
 from rl_platform.run_dir import RunDir, setup_logging
 from rl_platform.shutdown import GracefulStop, resume_command
+from rl_platform.supervision import EngineFailed
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def _train_with_restarts(config: RLJobConfig, run_dir: RunDir, base_path: Path, 
     while True:
         try:
             return _train(config, run_dir, base_path, resume, stop, checkpoints)
-        except LearnerFailed as failure:
+        except (LearnerFailed, EngineFailed) as failure:  # an actor fault supervision could not repair
             if restarts >= config.loop.auto_resume:
                 print(learner_failure_message(failure, checkpoints, run_dir), file=sys.stderr)
                 return 1
@@ -116,8 +117,10 @@ def _stop_roles(*clients: object) -> None:
     """Kills the actors behind the role clients (a restart starts new ones; the old may hold the cores)."""
     import ray
 
+    from actors.learner_group import LearnerGroup
+
     for client in clients:
-        if hasattr(client, "shutdown"):  # a learner group also frees its placement group
+        if isinstance(client, LearnerGroup):  # it also frees its placement group
             client.shutdown()
             continue
         for handle in [*getattr(client, "handles", []), *filter(None, [getattr(client, "handle", None)])]:
@@ -142,7 +145,7 @@ def _train(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, 
     try:
         return _loop(config, run_dir, base_path, resume, stop, checkpoints, generator, scorer,
                      GuardedTrainer(remote_trainer))
-    except LearnerFailed:
+    except (LearnerFailed, EngineFailed):
         _stop_roles(generator, scorer, remote_trainer)
         raise
 
@@ -159,6 +162,7 @@ def _loop(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, s
                             record_rollouts=run_dir.log_rollouts, ledger=ledger,
                             hint_prompt=getattr(prompts, "with_hint", None),  # sources with worked solutions
                             resample_prompts=getattr(prompts, "resample_batch", None))  # DAPO refills
+    generator.attach(controller.scheduler)  # a lost engine's samples are re-issued (rl_platform/supervision.py)
     if resume:
         # the dataset cursor and the groups admitted but not trained (a checkpoint without them: step's cursor)
         controller.scheduler.resume(start, checkpoints.resumed_state.get("scheduler"))
@@ -174,7 +178,7 @@ def _loop(config: RLJobConfig, run_dir: RunDir, base_path: Path, resume: bool, s
                 return _stopped(checkpoints, trainer, run_dir, step, stop, controller)
             began = time.perf_counter()
             trainer.step = step
-            metrics = controller.run_step(step)
+            metrics = controller.run_step(step) | generator.metrics() | scorer.metrics()  # + fault counters
             run_dir.log_metrics(step + 1, metrics)
             last = step + 1 == num_steps
             # evaluate before checkpointing, so a checkpoint covers every row logged for its step

@@ -27,7 +27,7 @@ from typing import IO, Literal
 from rl_platform.types import SampleKey
 
 Outcome = Literal["trained", "left_out", "failed_reward"]
-DropReason = Literal["stale", "engine_lost", "run_ended", "resumed"]
+DropReason = Literal["stale", "engine_lost", "engine_hung", "run_ended", "resumed"]
 
 
 class LedgerError(RuntimeError):

@@ -158,11 +158,13 @@ class RolloutScheduler:
         self.owed.clear()
         self._load = [0] * len(self._load)
 
-    def reissue_owed(self, engine: int, reason: DropReason = "engine_lost") -> int:
+    def reissue_owed(self, engine: int, reason: DropReason = "engine_lost", exclude: bool = True) -> int:
         """Takes engine `engine` out of rotation and re-issues every sample it owes to the other engines (same key,
-        next attempt); returns how many. The seam for supervision: whoever sees an engine die or hang calls it
-        (and `restore_engine` once a replacement serves the current weights)."""
-        self.excluded_engines.add(engine)
+        next attempt); returns how many. The seam for supervision (rl_platform/supervision.py): whoever sees an
+        engine die or hang calls it (and `restore_engine` once a replacement serves the current weights).
+        exclude=False: the engine stays in rotation (its replacement already serves; the only engine's case)."""
+        if exclude:
+            self.excluded_engines.add(engine)
         if len(self.excluded_engines) == self.generator.num_engines:
             raise RuntimeError(f"RolloutScheduler: no engine left to re-issue to ({self.generator.num_engines} "
                                "excluded); restart the rollout actors")

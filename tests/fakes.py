@@ -122,3 +122,61 @@ def resample_prompts(step: int, start: int, n: int) -> list[Prompt]:
     """The fake source's re-sample stream (DAPO refills): ids train/<step>.r<i>."""
     return [Prompt(prompt_id=f"train/{step}.r{i}", text="Q: 1+1=?\nA:", token_ids=[1, 5, 6], metadata={"answer": 2})
             for i in range(start, start + n)]
+
+
+class FakeFleet(FakeGenerator):
+    """A FakeGenerator whose engines can fail (rl_platform/supervision.py's EngineFleet): `kill(e)` loses the
+    engine's in-flight samples and reports it lost at the next call; `hang(e)` does the same as a missed
+    deadline would. `events` records what the supervisor did, in order."""
+
+    def __init__(self, length_of: Callable[[SampleKey], int] = lambda key: 2, num_engines: int = 2) -> None:
+        super().__init__(length_of=length_of, num_engines=num_engines)
+        self.engine_versions = [0] * num_engines
+        self.events: list[tuple] = []
+        self._lost: list = []
+        self._down: set[int] = set()
+
+    def _fail(self, engine: int, reason: str) -> None:
+        from rl_platform.supervision import EngineLost
+
+        for key in [k for k, e in self._engine_of.items() if e == engine and k in self._in_flight]:
+            del self._in_flight[key]
+        self._down.add(engine)
+        self._lost.append(EngineLost(engine=engine, reason=reason, detail="fake"))
+
+    def kill(self, engine: int) -> None:
+        self._fail(engine, "engine_lost")
+
+    def hang(self, engine: int) -> None:
+        self._fail(engine, "engine_hung")
+
+    def submit(self, engine, requests, sampling):
+        if engine in self._down:
+            return  # a dead engine takes nothing (the supervisor re-issues it)
+        assert not requests or self.engine_versions[engine] == self.version, "work sent to an engine on old weights"
+        super().submit(engine, requests, sampling)
+
+    def load_weights(self, weights: PolicyWeights, wait: bool = True) -> float:
+        self.engine_versions = [weights.version if e not in self._down else v
+                                for e, v in enumerate(self.engine_versions)]
+        return super().load_weights(weights, wait)
+
+    def generate(self, prompts, sampling):
+        if self._lost:  # an engine faulted in the batch (RemoteGenerator raises the same)
+            from rl_platform.supervision import EngineFault
+
+            raise EngineFault(self._lost[0])
+        return super().generate(prompts, sampling)
+
+    def take_lost(self):
+        out, self._lost = self._lost, []
+        return out
+
+    def restart_engine(self, engine: int, reason: str) -> None:
+        self.events.append(("restart", engine, reason))
+        self._down.discard(engine)
+        self.engine_versions[engine] = 0  # a new process serves the base model
+
+    def load_engine(self, engine: int, weights: PolicyWeights) -> None:
+        self.events.append(("load", engine, weights.version))
+        self.engine_versions[engine] = weights.version

@@ -5,6 +5,10 @@ outside, by signals to real processes, and the run's own files are checked after
    samples exactly once. (SIGTERM mid-run is `ray job stop` in tests/integration/test_ray_job_submit.py.)
 2. The remote reward server goes down for a few seconds, then comes back; later SIGKILL the learner actor
    with `loop.auto_resume=1`. The run finishes with no failed sample and every step exactly once.
+3. Actor faults in one run on two rollout engines and two reward workers: a rollout engine hangs mid-step past
+   its call deadline, a reward worker is SIGKILLed mid-scoring, the other hangs mid-scoring (by the test-only hook in
+   actors/fault_injection.py, so they land at a precise point), and the test SIGKILLs the other rollout
+   engine's process mid-run. The run finishes; the ledger is exactly-once; the fault counters record each.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from actors.fault_injection import ENV as FAULTS_ENV
+from rl_platform.ledger import Ledger
 from tests.integration.conftest import subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -36,8 +42,8 @@ def _command(base_model, run_dir, *extra):
             *[x for s in sets for x in ("--set", s)]]
 
 
-def _start(args, log):
-    return subprocess.Popen(args, cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT,
+def _start(args, log, **env):
+    return subprocess.Popen(args, cwd=ROOT, env={**subprocess_env(), **env}, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
@@ -169,3 +175,40 @@ def test_scorer_outage_and_learner_kill_with_auto_resume(smoke_base_model, tmp_p
     assert "auto_resume 1/1: restarting the roles from" in text
     rows = _assert_exactly_once(run_dir)
     assert not any(r["failed"] for r in rows)
+
+
+def test_rollout_hang_reward_kill_and_rollout_kill_in_one_run(smoke_base_model, tmp_path):
+    run_dir, log_path, markers = tmp_path / "run", tmp_path / "job.log", tmp_path / "faults"
+    # sync mode sends 8 of a step's 16 samples to each engine: engine 1 hangs on its 13th, mid step 2 with
+    # samples still owed; reward worker 0 dies in the call that takes it past 16 scored samples (step 2 or 3),
+    # reward worker 1 hangs in the call that takes it past 24 (step 3 or 4)
+    faults = {"marker_dir": str(markers), "faults": [
+        {"role": "rollout", "worker": 1, "action": "hang", "after": 12},
+        {"role": "reward", "worker": 0, "action": "kill", "after": 16},
+        {"role": "reward", "worker": 1, "action": "hang", "after": 24}]}
+    extra = [*DIGITS, "rollout.num_workers=2", "rollout.kv_cache_gib=0.25", "resources.num_reward_workers=2",
+             "resources.supervision.call_deadline_s=20", "checkpoint_every=0"]
+    with open(log_path, "w") as log:
+        job = _start(_command(smoke_base_model, run_dir, *extra), log, **{FAULTS_ENV: json.dumps(faults)})
+        _wait_for(lambda: 3 in _train_steps(run_dir), job, 900, "step 3")
+        engine = _descendant_with(job.pid, b"RolloutWorker")  # the first rollout actor found; it is not hung
+        assert engine is not None, "no rollout actor process found"
+        os.kill(engine, signal.SIGKILL)  # during step 4's generation
+        assert job.wait(900) == 0, log_path.read_text()[-3000:]
+    text = log_path.read_text()
+    assert sorted(p.name for p in markers.iterdir()) == ["fired-0", "fired-1", "fired-2"]  # every fault fired
+    _assert_exactly_once(run_dir)
+    ledger = Ledger.replay(run_dir / "ledger.jsonl")
+    ledger.check_closed()
+    summary = ledger.summary()
+    assert summary["dropped_engine_hung"] >= 1  # the hung engine owed samples; they were issued again
+    last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if '"reward/mean"' in line][-1]
+    assert last["faults/engine_hung"] == 1 and last["faults/engine_lost"] >= 1
+    assert last["faults/engine_restarts"] == last["faults/engine_hung"] + last["faults/engine_lost"]
+    assert last["faults/samples_reissued"] >= summary["dropped_engine_hung"]
+    assert last["faults/reward_restarts"] == 2 and last["faults/reward_shards_rescored"] >= 2
+    # each replacement served the learner's current version (> 0) before it took work
+    versions = [int(v) for v in re.findall(r"rollout engine \d replaced \(restart \d/\d, serves version (\d+)\)", text)]
+    assert len(versions) == last["faults/engine_restarts"] and min(versions) >= 1
+    assert "rollout engine 1 hung" in text and "reward worker 0 lost" in text and "reward worker 1 hung" in text

@@ -71,3 +71,20 @@ def test_auto_resume_restarts_from_the_checkpoint_then_gives_up(run_dir, monkeyp
     assert rl_job._train_with_restarts(config, run_dir, None, False, GracefulStop()) == 1
     assert calls == [False, True, True]  # the first run, then two restarts that resume from the checkpoint
     assert "--resume" in capsys.readouterr().err
+
+
+def test_an_actor_fault_supervision_cannot_repair_stops_the_job_like_a_learner_failure(run_dir, monkeypatch, capsys):
+    from rl_platform.supervision import EngineFailed
+
+    _checkpoint(run_dir, 3)
+
+    def train(config, run, base, resume, stop, checkpoints):
+        raise EngineFailed("rollout engine 1: engine_lost (poll: ActorDiedError) after 3 restarts "
+                           "(resources.supervision.max_restarts=3)")
+
+    monkeypatch.setattr(rl_job, "_train", train)
+    monkeypatch.setattr("sys.argv", ["jobs.rl", "--recipe", "grpo_smoke", "--run-dir", str(run_dir.path)])
+    assert rl_job._train_with_restarts(grpo_smoke(), run_dir, None, False, GracefulStop()) == 1
+    err = capsys.readouterr().err
+    assert "rollout engine 1: engine_lost" in err and "max_restarts=3" in err
+    assert "(after step 3)" in err and "--resume" in err
