@@ -40,8 +40,12 @@ class LearnerWorker:
         return self.learner.export_family(out_dir, full_dir, tokenizer=self.tokenizer)
 
     def trainable_parameters(self) -> dict:
-        """name -> CPU copy of every trainable parameter (for tests that check what changed)."""
-        return {n: p.detach().clone() for n, p in self.learner.model.named_parameters() if p.requires_grad}
+        """name -> CPU copy of every trainable parameter (for tests that check what changed); under ZeRO-3 every
+        rank must call it (the parameters are gathered)."""
+        from rl_platform.distributed import full_parameters
+
+        with full_parameters(self.learner.model, self.learner.config.zero_stage):
+            return {n: p.detach().clone() for n, p in self.learner.model.named_parameters() if p.requires_grad}
 
     def frozen_parameters(self) -> dict:
         """name -> CPU copy of every frozen parameter (LoRA's base), under the base model's names."""

@@ -246,7 +246,7 @@ class RemoteTrainer:
 
 def start_roles(*, model_path: str, rollout: RolloutEngineConfig, learner: LearnerConfig, reward_config: Any,
                 resources: ActorResources, seed: int,
-                overlap: bool = False) -> tuple[EngineSupervisor, SupervisedRewardPool, RemoteTrainer]:
+                overlap: bool = False) -> tuple[EngineSupervisor, SupervisedRewardPool, Any]:
     """Starts every actor (all constructors run concurrently) and returns the typed clients. `overlap`: the
     rollout mode generates while the learner trains (decides the CPU split under cpu_split=auto). The rollout
     client is supervised: a job attaches its scheduler (`generator.attach(scheduler)`) so that the work of a
@@ -263,12 +263,19 @@ def start_roles(*, model_path: str, rollout: RolloutEngineConfig, learner: Learn
     learner_cls = ray.remote(num_cpus=resources.learner_cpus)(_VersionedLearner)
     rollouts = [rollout_cls.remote(rollout, model_path, seed, i, rollout_share) for i in range(rollout.num_workers)]
     rewards = [reward_cls.remote(reward_config, i) for i in range(resources.num_reward_workers)]
-    trainer = learner_cls.remote(learner, model_path, seed, learner_share)
-    ray.get([h.policy_version.remote() for h in rollouts] + [h.__ray_ready__.remote() for h in rewards]
-            + [trainer.current_version.remote()])
+    waits = [h.policy_version.remote() for h in rollouts] + [h.__ray_ready__.remote() for h in rewards]
+    if learner.num_ranks > 1:  # a placement group of ranks (docs/scale_out.md); built while the engines start
+        from actors.learner_group import LearnerGroup  # it imports this module
+
+        trainer_client = LearnerGroup(learner, model_path, seed, learner_share, resources.learner_cpus)
+    else:
+        trainer = learner_cls.remote(learner, model_path, seed, learner_share)
+        waits.append(trainer.current_version.remote())
+        trainer_client = RemoteTrainer(trainer)
+    ray.get(waits)
     logger.info("CPU shares: rollout %s, learner %s", rollout_share, learner_share)
     return (EngineSupervisor(RemoteGenerator(rollouts, sup), sup), SupervisedRewardPool(rewards, sup),
-            RemoteTrainer(trainer))
+            trainer_client)
 
 
 class _VersionedLearner(LearnerWorker):

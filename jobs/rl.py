@@ -117,7 +117,12 @@ def _stop_roles(*clients: object) -> None:
     """Kills the actors behind the role clients (a restart starts new ones; the old may hold the cores)."""
     import ray
 
+    from actors.learner_group import LearnerGroup
+
     for client in clients:
+        if isinstance(client, LearnerGroup):  # it also frees its placement group
+            client.shutdown()
+            continue
         for handle in [*getattr(client, "handles", []), *filter(None, [getattr(client, "handle", None)])]:
             ray.kill(handle)
 
@@ -253,9 +258,11 @@ def plan(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> list[str
     """What a run of this config would start (printed by --dry-run)."""
     res, roll, learner = config.resources, config.rollout, config.learner
     target = args.address or os.environ.get("RAY_ADDRESS")
-    cpus = roll.num_workers * res.rollout_cpus + res.num_reward_workers * res.reward_cpus + res.learner_cpus
+    cpus = (roll.num_workers * res.rollout_cpus + res.num_reward_workers * res.reward_cpus
+            + res.learner_cpus * learner.num_ranks)
     reward = getattr(type(config.reward), "registered_name", type(config.reward).__name__)
     loss = getattr(type(learner.loss), "registered_name", type(learner.loss).__name__)
+    ranks, each = ("1 learner", "") if learner.num_ranks == 1 else (f"{learner.num_ranks} learner ranks", " each")
     reference = "the base (adapters off)" if learner.lora.enabled else "a frozen reference copy"
     kl = f", k3 KL {learner.loss.kl_coef} to {reference}" if learner.loss.kl_coef > 0 else ""
     elastic = "; elastic RL: every row trains a sampled family member" if learner.elastic.enabled else ""
@@ -271,8 +278,8 @@ def plan(recipe: str, config: RLJobConfig, args: argparse.Namespace) -> list[str
         f"actors: {roll.num_workers} rollout engine(s): vLLM in-process, {roll.dtype}, routed-expert capture, "
         f"{res.rollout_cpus} CPU, max_num_seqs {roll.max_num_seqs}, KV cache {roll.kv_cache_gib} GiB",
         f"        {res.num_reward_workers} reward worker(s): {reward}, {res.reward_cpus} CPU each",
-        f"        1 learner: DeepSpeed ZeRO-{learner.zero_stage}, {'bf16' if learner.bf16 else 'float32'}, "
-        f"routing replay {learner.routing_replay}, loss {loss}{kl}, {res.learner_cpus} CPU",
+        f"        {ranks}: DeepSpeed ZeRO-{learner.zero_stage}, {'bf16' if learner.bf16 else 'float32'}, "
+        f"routing replay {learner.routing_replay}, loss {loss}{kl}, {res.learner_cpus} CPU{each}",
         f"        trains: {learner.lora.describe()}{elastic}",
         f"resources: {cpus:g} logical CPUs requested, 0 GPUs",
         f"per step: {config.loop.num_prompts_per_step} prompts x {s.num_samples_per_prompt} samples = "

@@ -23,6 +23,7 @@ over its MoE layers only (docs/bring_your_own_model.md).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Literal
@@ -33,6 +34,14 @@ from kernels.fused_logprobs import fused_logprobs
 from rl_platform.batching import TrainingBatch, build_training_batch
 from rl_platform.checkpointing import CheckpointError, CheckpointStore, checkpoint_to_load
 from rl_platform.config import ConfigError, check
+from rl_platform.distributed import (
+    RankGroup,
+    ScoringHead,
+    check_rank_count,
+    full_parameters,
+    gather_rows,
+    save_across_ranks,
+)
 from rl_platform.elastic_rl import build_elastic, export_family
 from rl_platform.lora import LoRAConfig, reference_policy, wrap_policy
 from rl_platform.losses import GRPOLossConfig, LossConfig, PolicyLossInputs
@@ -66,7 +75,15 @@ class LearnerConfig:
     micro_batch_size: int = 16
     """Sequences per forward/backward (gradient accumulation over the mini-batch)."""
     zero_stage: int = 2
-    """DeepSpeed ZeRO stage (0, 1 or 2)."""
+    """DeepSpeed ZeRO stage: 0, 1 (optimizer state sharded over the learner ranks), 2 (+ gradients) or 3
+    (+ parameters, gathered layer by layer in each forward); docs/scale_out.md."""
+    zero3_persist_below: int = 100_000
+    """Under ZeRO-3, parameters with fewer elements are kept whole on every rank instead of gathered per
+    forward (DeepSpeed's stage3_param_persistence_threshold); 0 partitions every parameter."""
+    num_ranks: int = 1
+    """Learner processes (Ray actors in one placement group) that form one data-parallel DeepSpeed engine;
+    each trains a token-balanced share of the batch and the update equals the one-process update
+    (docs/scale_out.md). 1: one learner process, as before."""
     bf16: bool = False
     """bfloat16 learner (the rollout engine's dtype is set separately)."""
     temperature: float = 1.0
@@ -89,8 +106,11 @@ class LearnerConfig:
               "use 1 (on-policy) or a few")
         check(self.micro_batch_size >= 1, "LearnerConfig.micro_batch_size", self.micro_batch_size, "must be >= 1",
               "use 8-32")
-        check(self.zero_stage in (0, 1, 2), "LearnerConfig.zero_stage", self.zero_stage, "must be 0, 1 or 2",
-              "use 2")
+        check(self.zero_stage in (0, 1, 2, 3), "LearnerConfig.zero_stage", self.zero_stage, "must be 0, 1, 2 or 3",
+              "use 2 (or 3 to shard the parameters too)")
+        check(self.num_ranks >= 1, "LearnerConfig.num_ranks", self.num_ranks, "must be >= 1",
+              "use 1, or the number of learner processes to shard the update over")
+        self._check_scale_out()
         check(self.temperature > 0, "LearnerConfig.temperature", self.temperature, "must be > 0",
               "use the rollout's sampling temperature")
         check(self.schedule_steps >= 0, "LearnerConfig.schedule_steps", self.schedule_steps, "must be >= 0",
@@ -100,6 +120,15 @@ class LearnerConfig:
             check(clip.warmup_steps < self.schedule_steps, "learner.optim.clipping.warmup_steps", clip.warmup_steps,
                   f"covers all {self.schedule_steps} optimizer steps of this run, so AdaGC would be global-norm "
                   "clipping all along", f"set it to ~10 % of the run: {max(1, self.schedule_steps // 10)}")
+
+    def _check_scale_out(self) -> None:
+        """Combinations the multi-rank (or ZeRO-3) learner does not support yet (docs/scale_out.md, 'Not yet')."""
+        unsupported = {"learner.lora.enabled": self.lora.enabled, "learner.elastic.enabled": self.elastic.enabled,
+                       "learner.dump.enabled": self.dump.enabled}
+        for key, on in unsupported.items():
+            check(not (on and (self.num_ranks > 1 or self.zero_stage == 3)), key, on,
+                  f"is not supported with learner.num_ranks={self.num_ranks} / learner.zero_stage="
+                  f"{self.zero_stage} yet", "use learner.num_ranks=1 and learner.zero_stage<=2 with it")
 
     def check_schedule(self) -> None:
         """A decaying schedule needs the run's length."""
@@ -122,6 +151,10 @@ def response_logprobs(model: ModelAdapter, batch: TrainingBatch, forced_routes=N
 def _scored(model: ModelAdapter, out, batch: TrainingBatch, temperature: float):
     b, s, d = out.hidden_BSD.shape
     targets = torch.roll(batch.input_ids_BS, shifts=-1, dims=1)
+    head = getattr(getattr(model, "module", None), "scoring_head", None)  # ZeRO-3 only
+    if head is not None:
+        logprobs, entropy = head(out.hidden_BSD.reshape(b * s, d), targets.reshape(-1), temperature)
+        return logprobs.view(b, s), entropy.view(b, s)
     logprobs, entropy = fused_logprobs(out.hidden_BSD.reshape(b * s, d), model.lm_head_weight, targets.reshape(-1),
                                        temperature)
     return logprobs.view(b, s), entropy.view(b, s)
@@ -158,13 +191,17 @@ class _Observed:
         if self.live_BSLK is not None:
             self.live_BSLK[rows, :s] = out.live_routes_BSLK[..., : self.live_BSLK.shape[-1]].to(self.live_BSLK.dtype)
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, ranks: RankGroup) -> dict[str, float]:
+        """Over the rows of every rank (gathered), so they equal the one-process metrics of the whole batch."""
         b = self.batch
-        out = train_infer_metrics(self.logprobs_BS, b.generator_logprobs_BS, b.mask_BS)
-        if self.live_BSLK is not None:
-            valid = b.attention_mask_BS.bool() & (b.rollout_routes_BSLK[..., 0, 0] >= 0)
-            out.update(route_mismatch_metrics(self.live_BSLK, b.rollout_routes_BSLK, valid,
-                                              prefix="moe/route_mismatch", layer_ids=self.moe_layers))
+        learner_lp, gen_lp, mask, attention, live, routes = gather_rows(ranks, [
+            self.logprobs_BS, b.generator_logprobs_BS, b.mask_BS, b.attention_mask_BS, self.live_BSLK,
+            b.rollout_routes_BSLK])
+        out = train_infer_metrics(learner_lp, gen_lp, mask)
+        if live is not None:
+            valid = attention.bool() & (routes[..., 0, 0] >= 0)
+            out.update(route_mismatch_metrics(live, routes, valid, prefix="moe/route_mismatch",
+                                              layer_ids=self.moe_layers))
         return out
 
 
@@ -184,9 +221,18 @@ class Learner:
         self.policy = wrap_policy(load_adapter(model_path), config.lora, model_path)
         model = self.policy.module.eval()
         self.reference = reference_policy(self.policy) if config.loss.kl_coef > 0 else None
+        if config.zero_stage == 3:  # before initialize: DeepSpeed hooks the modules it finds then
+            model.scoring_head = ScoringHead(self.policy)
         self.engine, self.optimizer = build_deepspeed_engine(
             model, config.optim, zero_stage=config.zero_stage, bf16=config.bf16,
-            micro_batch_size=config.micro_batch_size, grad_accum_steps=1)
+            micro_batch_size=config.micro_batch_size, grad_accum_steps=1,
+            zero3_persist_below=config.zero3_persist_below)
+        if config.zero_stage == 3:
+            model.scoring_head.attach()
+        self.ranks = RankGroup.current()
+        check(self.ranks.world == config.num_ranks, "learner.num_ranks", config.num_ranks,
+              f"but this process is one of {self.ranks.world} in its torch.distributed group",
+              "start the learner through jobs.rl (which starts one process per rank) or set num_ranks to match")
         # the adapter computes with, and publishes, the very module DeepSpeed updates
         assert self.engine.module is self.policy.module
         self.clipper = config.optim.clipping.build([n for n, p in model.named_parameters() if p.requires_grad])
@@ -237,7 +283,9 @@ class Learner:
         order = torch.arange(batch.input_ids_BS.shape[0])
         sums: dict[str, float] = {}
         used_mismatch = []
-        for index, mini in enumerate(torch.chunk(order, cfg.num_minibatches)):
+        minis = list(torch.chunk(order, cfg.num_minibatches))
+        minis += [order[:0]] * (self.ranks.max_int(len(minis)) - len(minis))  # every rank steps as often
+        for index, mini in enumerate(minis):
             set_lr(self.optimizer, lr_at(cfg.optim, self.step * cfg.num_minibatches + index,
                                          max(1, cfg.schedule_steps)))
             step_metrics, mismatch = self._optimizer_step(batch, mini, old_lp, ref_lp, replay_routes, observed,
@@ -245,12 +293,14 @@ class Learner:
             used_mismatch.append(mismatch)
             for k, v in step_metrics.items():
                 sums[k] = sums.get(k, 0.0) + v / cfg.num_minibatches
-        metrics = observed.metrics()
+        metrics = observed.metrics(self.ranks)
         metrics.update(sums)
         if self.elastic is not None:
             metrics.update(self.elastic.metrics(batch, observed.logprobs_BS))
         if batch.rollout_routes_BSLK is not None:
             metrics["moe/route_mismatch_during_update"] = float(sum(used_mismatch) / len(used_mismatch))
+        if not self.ranks.is_lead:
+            metrics = {}  # rank 0 reports for the group
         if self.dumper is not None:
             self.dumper.save_batch(self.step, batch, learner_lp_BS=observed.logprobs_BS,
                                    live_routes_BSLK=observed.live_BSLK, replay_routes_BSLK=recorded_routes,
@@ -262,11 +312,13 @@ class Learner:
     def _optimizer_step(self, batch, rows, old_lp, ref_lp, replay_routes, observed: _Observed,
                         record: bool) -> tuple[dict[str, float], float]:
         """One optimizer step over `rows`. old_lp None: on-policy, the forward's own detached log-probs are the
-        old ones and `observed` records them (record=True); else `observed` already holds them."""
-        cfg = self.config
+        old ones and `observed` records them (record=True); else `observed` already holds them. With several
+        ranks the normalisers are the global counts and every rank runs the same number of micro-batches
+        (rl_platform/distributed.py)."""
+        cfg, ranks = self.config, self.ranks
         mini = batch.rows(rows)
-        num_tokens = max(1, mini.num_tokens)
-        num_seqs = int((mini.mask_BS.sum(-1) > 0).sum())
+        num_tokens, num_seqs = ranks.sum([mini.num_tokens, int((mini.mask_BS.sum(-1) > 0).sum())])
+        num_tokens, num_seqs = max(1, int(num_tokens)), int(num_seqs)
         totals = {"loss/policy": 0.0, "loss/clip_frac": 0.0, "loss/kl_to_ref": 0.0, "loss/ratio_mean": 0.0,
                   "policy/entropy": 0.0}
         mismatch_num = mismatch_den = 0.0
@@ -275,15 +327,22 @@ class Learner:
         # micro-batches of similar lengths, each cut to its longest row: the loss is normalised by the step's
         # token count, so grouping changes nothing but the padding computed (docs/async_rl.md, "Faster step")
         rows = rows[torch.argsort(batch.attention_mask_BS[rows].sum(-1), stable=True)]
-        for start in range(0, len(rows), cfg.micro_batch_size):
-            idx = rows[start:start + cfg.micro_batch_size]
-            micro = batch.rows(idx).trimmed()
+        num_micro = ranks.max_int(-(-len(rows) // cfg.micro_batch_size))
+        for m in range(num_micro):
+            idx = rows[m * cfg.micro_batch_size:(m + 1) * cfg.micro_batch_size]
+            filler = len(idx) == 0  # this rank ran out of rows before the others: a masked row keeps it in step
+            micro = batch.rows(idx if not filler else torch.arange(1)).trimmed()
+            if filler:
+                micro = dataclasses.replace(micro, mask_BS=torch.zeros_like(micro.mask_BS), num_tokens=0)
+                idx = torch.arange(1)
             s = micro.input_ids_BS.shape[1]
             forced = None if replay_routes is None else replay_routes[idx, :s]
+            if cfg.zero_stage == 3:  # what engine.forward does (we call the module): accumulate, not overwrite
+                self.engine.optimizer.clear_backward_seen_flag()
             logprobs, entropy, out = response_logprobs(self.policy, micro, forced_routes=forced,
                                                        capture=micro.rollout_routes_BSLK is not None,
                                                        temperature=cfg.temperature)
-            if record:
+            if record and not filler:
                 observed.record(idx, _engine_view_logprobs(self.policy, out, micro, logprobs,
                                                            cfg.temperature), out)
             result = cfg.loss.loss(PolicyLossInputs(
@@ -294,38 +353,48 @@ class Learner:
                 num_global_tokens=num_tokens, num_global_seqs=num_seqs))
             # The loss is already divided by the mini-batch's token count, so no GAS rescaling; the boundary
             # (gradient reduction, clipping, optimizer step) is the last micro-batch of the mini-batch.
-            is_last = start + cfg.micro_batch_size >= len(rows)
+            # DeepSpeed averages gradients over ranks; times the world size, that average is the global sum.
+            is_last = m == num_micro - 1
             self.engine.set_gradient_accumulation_boundary(is_last)
-            self.engine.backward(result.loss, scale_wrt_gas=False)
+            self.engine.backward(result.loss * ranks.world, scale_wrt_gas=False)
             if is_last:
                 stats = self.clipper.clip(self.grad_access)
             self.engine.step()
-            share = micro.num_tokens / num_tokens
-            totals["loss/policy"] += float(result.loss.detach())
+            share = micro.num_tokens / num_tokens  # 0 for a filler, which still adds its keys (same on every rank)
+            totals["loss/policy"] += 0.0 if filler else float(result.loss.detach())
             totals["loss/clip_frac"] += result.clip_frac * share
             totals["loss/kl_to_ref"] += result.kl_to_ref * share
             totals["loss/ratio_mean"] += result.ratio_mean * share
             totals["policy/entropy"] += float((entropy.detach() * micro.mask_BS).sum()) / num_tokens
             for key, value in result.metrics.items():
                 totals[key] = totals.get(key, 0.0) + value * share
-            if micro.rollout_routes_BSLK is not None:
+            if micro.rollout_routes_BSLK is not None and not filler:
                 valid = micro.attention_mask_BS.bool() & (micro.rollout_routes_BSLK[..., 0, 0] >= 0)
-                m = route_mismatch_metrics(out.routes_BSLK, micro.rollout_routes_BSLK, valid, prefix="x")
+                m_ = route_mismatch_metrics(out.routes_BSLK, micro.rollout_routes_BSLK, valid, prefix="x")
                 weight = float(valid.sum())
-                mismatch_num += m["x"] * weight
+                mismatch_num += m_["x"] * weight
                 mismatch_den += weight
+        totals["x/mismatch_num"], totals["x/mismatch_den"] = mismatch_num, mismatch_den
+        totals = ranks.sum_metrics(totals, sorted(totals))  # each rank's part of a global sum
+        mismatch = totals.pop("x/mismatch_num") / max(totals.pop("x/mismatch_den"), 1.0)
         totals["train/grad_norm"] = stats.grad_norm
         totals["train/clipped_tensors"] = float(stats.num_clipped)
         totals["train/lr"] = self.optimizer.param_groups[0]["lr"]
-        return totals, mismatch_num / max(mismatch_den, 1.0)
+        return totals, mismatch
 
-    def publish_weights(self) -> PolicyWeights:
+    def publish_weights(self) -> PolicyWeights | None:
         """The current weights; the version counts distinct weights, so publishing again without an update in
-        between (as a resumed run does to load its engines) republishes the same version."""
+        between (as a resumed run does to load its engines) republishes the same version. Every rank must
+        call it (ZeRO-3 gathers the parameters); rank 0 returns the weights, the others None."""
         if self.step != self._published_step:
             self.version += 1
             self._published_step = self.step
-        return PolicyWeights.pack(self.version, self.policy.checkpoint_tensors())  # copies: safe to train on
+        if not self.ranks.is_lead and self.config.zero_stage < 3:
+            return None
+        with full_parameters(self.model, self.config.zero_stage):
+            if not self.ranks.is_lead:
+                return None
+            return PolicyWeights.pack(self.version, self.policy.checkpoint_tensors())  # copies: safe to train on
 
     def save_checkpoint(self, path: str, client_state: dict) -> str:
         """Commits an atomic checkpoint under `path`, tagged by `client_state["step"]` (the loop's step, which
@@ -335,14 +404,18 @@ class Learner:
                  "trainable": sorted(self._trainable())}
         step = int(client_state.get("step", self.step))
         # frozen weights (LoRA's base) come from the base model at start-up: only trained tensors are saved
-        info = CheckpointStore(path).save(step, lambda staging, tag: self.engine.save_checkpoint(
-            str(staging), tag=tag, client_state=state, save_latest=False,
-            exclude_frozen_parameters=self._has_frozen()), meta=client_state)
-        return str(info.path)
+        info = save_across_ranks(
+            self.ranks, lambda write: CheckpointStore(path).save(step, write, meta=client_state),
+            lambda staging, tag: self.engine.save_checkpoint(str(staging), tag=tag, client_state=state,
+                                                             save_latest=False,
+                                                             exclude_frozen_parameters=self._has_frozen()),
+            {"num_ranks": self.ranks.world, "zero_stage": self.config.zero_stage})
+        return str(self.ranks.broadcast(None if info is None else str(info.path)))
 
     def load_checkpoint(self, path: str) -> dict:
         """Loads a checkpoint directory, or the newest valid checkpoint of a checkpoints/<role> folder."""
         target = checkpoint_to_load(path)
+        check_rank_count(target, self.ranks.world, self.config.zero_stage)
         loaded, state = self.engine.load_checkpoint(str(target.parent), tag=target.name,
                                                     load_module_strict=not self._has_frozen())
         if loaded is None:
@@ -366,7 +439,12 @@ class Learner:
         return any(not p.requires_grad for p in self.engine.module.parameters())
 
     def export(self, path: str, tokenizer=None) -> str:
-        return str(self.policy.export(path, tokenizer=tokenizer))
+        """Rank 0 writes the directory; under ZeRO-3 every rank must call it (the parameters are gathered)."""
+        written = None
+        with full_parameters(self.model, self.config.zero_stage):
+            if self.ranks.is_lead:
+                written = str(self.policy.export(path, tokenizer=tokenizer))
+        return self.ranks.broadcast(written)
 
     def export_family(self, out_dir: str, full_dir: str, tokenizer=None) -> dict[str, str]:
         """Every family member of the trained policy as a Hugging Face directory under `out_dir` (elastic RL);

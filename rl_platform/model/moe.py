@@ -51,7 +51,7 @@ class SwiGLU(nn.Module):
 class RoutingResult:
     """What the router decided for a batch of tokens."""
 
-    __slots__ = ("topk_ids_TK", "gates_TK", "probs_TE", "num_forced", "live_ids_TK")
+    # no __slots__: DeepSpeed ZeRO-3's module hooks read a module's output through vars()
 
     def __init__(self, topk_ids_TK: Tensor, gates_TK: Tensor, probs_TE: Tensor, num_forced: int,
                  live_ids_TK: Tensor) -> None:

@@ -136,8 +136,9 @@ def init_single_process_distributed() -> None:
 
 
 def build_deepspeed_engine(model: torch.nn.Module, config: OptimConfig, *, zero_stage: int, bf16: bool,
-                           micro_batch_size: int, grad_accum_steps: int):
-    """deepspeed.initialize around `model` with torch AdamW (no JIT-compiled optimizer op needed)."""
+                           micro_batch_size: int, grad_accum_steps: int, zero3_persist_below: int = 100_000):
+    """deepspeed.initialize around `model` with torch AdamW (no JIT-compiled optimizer op needed).
+    zero3_persist_below: under ZeRO-3, parameters with fewer elements stay whole on every rank."""
     import deepspeed
 
     init_single_process_distributed()
@@ -146,7 +147,8 @@ def build_deepspeed_engine(model: torch.nn.Module, config: OptimConfig, *, zero_
     ds_config = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum_steps,
-        "zero_optimization": {"stage": zero_stage},
+        "zero_optimization": {"stage": zero_stage, **({"stage3_param_persistence_threshold": zero3_persist_below}
+                                                      if zero_stage == 3 else {})},
         "bf16": {"enabled": bf16},
         "gradient_clipping": 0.0,  # our clipper (AdaGC or global) runs between backward and step
         "steps_per_print": 10**9,
