@@ -137,7 +137,8 @@ def main() -> None:
               f"{r['step_means']['perf/learner_busy_frac']:.2f}  "
               f"staleness {r['step_means']['rollout/staleness_mean']:.2f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "long_frac": LONG_FRAC, "digits": [SHORT_DIGITS,
+    recorded = {k: v for k, v in vars(args).items() if k != "out"}  # no machine-specific paths in the results
+    Path(args.out).write_text(json.dumps({"args": recorded, "long_frac": LONG_FRAC, "digits": [SHORT_DIGITS,
                                           LONG_DIGITS], "modes": results}, indent=2) + "\n")
     print(f"results: {args.out}")
 
