@@ -3,7 +3,6 @@ its own tokenizer and chat template), two real steps on local Ray with a real vl
 DeepSpeed learner, prompts from reasoning-gym; then the export is the same architecture and computes what
 the learner computes in transformers."""
 
-import dataclasses
 import json
 
 import pytest
@@ -17,6 +16,7 @@ from rewards.python_function import PythonFunctionConfig
 from rl_platform.controller import Controller
 from rl_platform.model.tiny_hf import TinyHFConfig, build_tiny_hf
 from rl_platform.model.tokenizer import load_tokenizer
+from tests.rl_helpers import sample_after_sync
 
 pytestmark = pytest.mark.slow
 
@@ -54,12 +54,9 @@ def test_two_r3_steps_on_a_qwen3_moe_directory_update_every_parameter_and_reach_
         assert {"moe/route_mismatch_layer1", "moe/route_mismatch_layer2"} <= set(metrics)
         assert "moe/route_mismatch_layer0" not in metrics
 
-    prompt = prompts.held_out(1)[0]
-    sample = generator.generate([prompt], dataclasses.replace(config.sampling, seed=11))[0][0]
-    assert sample.policy_version == 2
-    sequence = prompt.token_ids + sample.token_ids
-    learner_lp = trainer.call("teacher_forced_logprobs", sequence)[len(prompt.token_ids) - 1:]
-    assert max(abs(a - b) for a, b in zip(sample.generator_logprobs, learner_lp, strict=True)) < 1e-4
+    sequence, start, engine_lp, learner_lp = sample_after_sync(generator, trainer, prompts, config.sampling,
+                                                               version=2)
+    assert max(abs(a - b) for a, b in zip(engine_lp, learner_lp, strict=True)) < 1e-4
 
     exported = trainer.export(str(tmp_path / "policy"))
     config_json = json.loads((tmp_path / "policy" / "config.json").read_text())
@@ -69,4 +66,4 @@ def test_two_r3_steps_on_a_qwen3_moe_directory_update_every_parameter_and_reach_
     with torch.no_grad():
         logits = hf(torch.tensor([sequence])).logits[0, :-1]
     hf_lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(sequence[1:])[:, None])[:, 0]
-    assert (hf_lp[len(prompt.token_ids) - 1:] - torch.tensor(learner_lp)).abs().max() < 1e-4
+    assert (hf_lp[start:] - torch.tensor(learner_lp)).abs().max() < 1e-4

@@ -2,7 +2,6 @@
 training adapters only. Only adapter tensors change, and the engine (which loads merged weights) computes what
 the learner's adapted model computes, not what the base computes."""
 
-import dataclasses
 
 import pytest
 import ray
@@ -17,6 +16,7 @@ from rl_platform.model.hf_interop import load_hf
 from rl_platform.model.tokenizer import load_tokenizer
 from rl_platform.parity import teacher_forced_logprobs
 from rl_platform.tasks.prompts import ArithmeticPrompts
+from tests.rl_helpers import sample_after_sync
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -54,14 +54,10 @@ def test_two_lora_rl_steps_train_only_adapters_and_reach_the_engine_merged(setup
         assert torch.equal(value, base_params[name]), name
 
     assert controller.policy_version == 2
-    prompt = prompts.held_out(1)[0]
-    sample = generator.generate([prompt], dataclasses.replace(config.sampling, seed=11))[0][0]
-    assert sample.policy_version == 2
-    sequence = prompt.token_ids + sample.token_ids
-    start = len(prompt.token_ids) - 1
-    learner_lp = trainer.call("teacher_forced_logprobs", sequence)[start:]  # base + adapters, unmerged
+    # learner: base + adapters, unmerged; engine: the merged weights it was sent
+    sequence, start, engine_lp, learner_lp = sample_after_sync(generator, trainer, prompts, config.sampling,
+                                                               version=2)
     base_lp = teacher_forced_logprobs(base_model, sequence)[start:]
-    engine_lp = sample.generator_logprobs
     assert max(abs(a - b) for a, b in zip(engine_lp, learner_lp, strict=True)) < 1e-4
     assert max(abs(a - b) for a, b in zip(engine_lp, base_lp, strict=True)) > 1e-3
     for metrics in history:

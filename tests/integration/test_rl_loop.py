@@ -14,6 +14,7 @@ from rl_platform.model.hf_interop import load_hf
 from rl_platform.model.tokenizer import load_tokenizer
 from rl_platform.parity import teacher_forced_logprobs
 from rl_platform.tasks.prompts import ArithmeticPrompts
+from tests.rl_helpers import sample_after_sync
 
 pytestmark = pytest.mark.slow
 
@@ -45,14 +46,9 @@ def test_two_rl_steps_update_every_parameter_and_the_engine(setup):
     assert controller.policy_version == 2
     # The engine now computes what the updated learner computes (float32), and not what the base model does:
     # the update really reached it (wrong-but-running is the failure this guards against).
-    prompt = prompts.held_out(1)[0]
-    sample = generator.generate([prompt], dataclasses.replace(config.sampling, seed=11))[0][0]
-    assert sample.policy_version == 2
-    sequence = prompt.token_ids + sample.token_ids
-    start = len(prompt.token_ids) - 1
-    learner_lp = trainer.call("teacher_forced_logprobs", sequence)[start:]
+    sequence, start, engine_lp, learner_lp = sample_after_sync(generator, trainer, prompts, config.sampling,
+                                                               version=2)
     base_lp = teacher_forced_logprobs(load_hf(base), sequence)[start:]
-    engine_lp = sample.generator_logprobs
     assert max(abs(a - b) for a, b in zip(engine_lp, learner_lp, strict=True)) < 1e-4
     assert max(abs(a - b) for a, b in zip(engine_lp, base_lp, strict=True)) > 1e-3
 

@@ -15,6 +15,7 @@ from rewards.python_function import PythonFunctionConfig
 from rl_platform.controller import Controller
 from rl_platform.model.tokenizer import load_tokenizer
 from rl_platform.tasks.prompts import ArithmeticPrompts
+from tests.rl_helpers import sample_after_sync
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +40,8 @@ def test_two_rl_steps_with_two_learner_ranks(smoke_base_model, tmp_path):
         assert all(torch.equal(rank0[n], rank1[n]) for n in rank0)  # one model on both ranks
         assert not [n for n in before if torch.equal(before[n], rank0[n])]  # every parameter was trained
         assert controller.policy_version == 2
-        prompt = prompts.held_out(1)[0]
-        sample = generator.generate([prompt], dataclasses.replace(config.sampling, seed=11))[0][0]
-        assert sample.policy_version == 2
-        sequence = prompt.token_ids + sample.token_ids
-        learner_lp = trainer.call("teacher_forced_logprobs", sequence)[len(prompt.token_ids) - 1:]
-        assert max(abs(a - b) for a, b in zip(sample.generator_logprobs, learner_lp, strict=True)) < 1e-4
+        _, _, engine_lp, learner_lp = sample_after_sync(generator, trainer, prompts, config.sampling, version=2)
+        assert max(abs(a - b) for a, b in zip(engine_lp, learner_lp, strict=True)) < 1e-4
         for metrics in history:
             assert metrics["moe/route_mismatch_during_update"] == 0.0  # R3 on both ranks
             assert metrics["train/logprob_abs_diff_max"] < 1e-3
